@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: each measures tickvisor against a baseline in the same run."""

@@ -1,0 +1,403 @@
+"""ServiceActor: one market-data service as a pykka actor.
+
+The seed ran each service as a thread looping ``while running: work();
+sleep(interval)``, so a control call had to wait for a sleep to end and a
+slow iteration silently shifted the schedule. Here the scheduler *tells* the
+actor :class:`~tickvisor.messages.Iterate`; control messages queue in the
+same inbox and are answered between iterations. A control message therefore
+waits at most one iteration, never a sleep.
+
+A subclass implements :meth:`ServiceActor.process_symbols` (and, to find its
+symbols in its own data, :meth:`ServiceActor.discover_symbols`); it may
+override the seed's hooks ``_on_circuit_open``, ``_on_circuit_close`` and
+``_on_circuit_half_open``. Everything else (breaker, cache, metrics, events,
+coalescing) is here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from tickvisor.actors.breaker import CircuitBreaker
+from tickvisor.actors.symbol_cache import SymbolCache, SymbolLoader
+from tickvisor.clock import Clock, Scheduler, Timer
+from tickvisor.logs import bind_context, get_logger
+from tickvisor.messages import (
+    BreakerTransition,
+    ChildExited,
+    GetMetrics,
+    InjectFailures,
+    InvalidateCache,
+    Iterate,
+    Pause,
+    Ping,
+    ResetBreaker,
+    Resume,
+)
+from tickvisor.symbols import load_symbols_file
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from tickvisor.config import BreakerConfig, ServiceConfig
+
+log = get_logger(__name__)
+
+RECENT_ERRORS = 10
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by an iteration that an :class:`InjectFailures` message asked to fail."""
+
+
+def breaker_from_config(
+    config: BreakerConfig, service: str, clock: Clock, **callbacks: Any
+) -> CircuitBreaker:
+    """Build a breaker from its config section (one place maps config to arguments)."""
+    return CircuitBreaker(
+        failure_threshold=config.failure_threshold,
+        timeout=config.timeout,
+        half_open_max_calls=config.half_open_max_calls,
+        service_name=service,
+        success_threshold=config.success_threshold,
+        backoff_factor=config.backoff_factor,
+        max_timeout=config.max_timeout,
+        sliding_window_size=config.sliding_window_size,
+        minimum_calls=config.minimum_calls,
+        failure_rate_threshold=config.failure_rate_threshold,
+        slow_call_seconds=config.slow_call_seconds,
+        clock=clock,
+        **callbacks,
+    )
+
+
+class ServiceActor(pykka.ThreadingActor):
+    """Base class of every service: owns one :class:`SymbolCache` and one :class:`CircuitBreaker`.
+
+    ``event_sinks`` receive every :class:`BreakerTransition` (the supervisor and,
+    later, the alerts actor); ``parent`` receives :class:`ChildExited` when this
+    actor stops. Both are actor refs: services never call them directly.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: ServiceConfig,
+        *,
+        engine: Engine,
+        clock: Clock,
+        scheduler: Scheduler,
+        event_sinks: Sequence[pykka.ActorRef[Any]] = (),
+        parent: pykka.ActorRef[Any] | None = None,
+        generation: int = 1,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.engine = engine
+        self.clock = clock
+        self.scheduler = scheduler
+        self.event_sinks = list(event_sinks)
+        self.parent = parent
+        self.generation = generation
+        self.interval_seconds = config.interval_seconds
+        self.log = get_logger("tickvisor.service", service=name)
+
+        self.circuit_breaker = breaker_from_config(
+            config.breaker,
+            name,
+            clock,
+            on_open=self._on_circuit_open,
+            on_close=self._on_circuit_close,
+            on_half_open=self._on_circuit_half_open,
+        )
+        self.circuit_breaker.subscribe(self._publish_transition)
+        self.symbol_cache = self._make_symbol_cache(config)
+
+        self._running = False
+        self._paused = False
+        self._iteration_count = 0
+        self._error_count = 0
+        self._skipped_open = 0
+        self._coalesced = 0
+        self._last_error_time: float | None = None
+        self._last_iteration_seconds: float | None = None
+        self._last_started: float | None = None  # monotonic, of the last iteration run
+        self._last_finished: float | None = None
+        self._catch_up_pending = False
+        self._recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self._injected_failures = 0
+        self._timer: Timer | None = None
+        self._metrics_lock = threading.Lock()
+
+    # --- what subclasses implement -------------------------------------------
+
+    def process_symbols(self, symbols: list[str]) -> int | None:
+        """Do one iteration's work for ``symbols``; raise to fail the iteration.
+
+        Returns how many rows were written (for the log), or None.
+        """
+        raise NotImplementedError
+
+    def discover_symbols(self) -> list[str]:
+        """Symbols found in the service's own data, used when the config names none."""
+        raise NotImplementedError(
+            f"service {self.name!r} needs `symbols` or `symbols_file` in its config"
+        )
+
+    def _on_circuit_open(self) -> None:
+        """Seed hook: the breaker opened (runs outside the breaker's lock)."""
+
+    def _on_circuit_close(self) -> None:
+        """Seed hook: the breaker closed."""
+
+    def _on_circuit_half_open(self) -> None:
+        """Seed hook: the breaker lets trial calls through."""
+
+    # --- pykka lifecycle ------------------------------------------------------
+
+    def on_start(self) -> None:
+        bind_context(service=self.name)
+        self._running = True
+        now = self.clock.monotonic()
+        self.actor_ref.tell(Iterate(scheduled_at=now))
+        self._timer = self.scheduler.tell_every(
+            self.interval_seconds,
+            self.actor_ref,
+            lambda: Iterate(scheduled_at=self.clock.monotonic()),
+        )
+        self.log.info(
+            "service.started",
+            generation=self.generation,
+            interval_seconds=self.interval_seconds,
+            symbol_source=self._symbol_source(),
+        )
+
+    def on_stop(self) -> None:
+        self._shutdown()
+        self.log.info("service.stopped", generation=self.generation)
+        self._report_exit(None, None)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._shutdown()
+        self.log.error(
+            "service.crashed",
+            generation=self.generation,
+            exc_info=(exception_type, exception_value, traceback)
+            if exception_type is not None and exception_value is not None
+            else None,
+        )
+        self._report_exit(
+            f"{exception_value}" if exception_value is not None else "crashed",
+            exception_type.__name__ if exception_type is not None else None,
+        )
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case Iterate():
+                self._handle_iterate(message)
+                return None
+            case GetMetrics():
+                return self.get_metrics()
+            case Ping():
+                return True
+            case Pause(reason=reason):
+                self._paused = True
+                self.log.info("service.paused", reason=reason)
+                return self.get_metrics()
+            case Resume(reason=reason):
+                self._paused = False
+                self.log.info("service.resumed", reason=reason)
+                return self.get_metrics()
+            case InvalidateCache():
+                self.symbol_cache.invalidate()
+                self.log.info("symbol_cache.invalidated")
+                return None
+            case ResetBreaker():
+                self.circuit_breaker.reset()
+                self.log.info("breaker.reset")
+                return self.circuit_breaker.get_stats()
+            case InjectFailures(count=count, reason=reason):
+                self._injected_failures = max(0, count)
+                self.log.warning("service.failures_injected", count=count, reason=reason)
+                return None
+            case _:
+                self.log.warning("service.unknown_message", message_type=type(message).__name__)
+                return None
+
+    # --- the iteration ---------------------------------------------------------
+
+    def _handle_iterate(self, message: Iterate) -> None:
+        if message.catch_up:
+            self._catch_up_pending = False
+        elif self._last_started is not None and message.scheduled_at <= self._last_started:
+            self._coalesced += 1  # scheduled before the last iteration began: covered by it
+            return
+        elif self._last_finished is not None and message.scheduled_at <= self._last_finished:
+            # Queued while the last iteration ran. Many such Iterates become one
+            # catch-up, sent to the back of the inbox so control messages that
+            # arrived meanwhile are answered first: no backlog, no starvation.
+            if self._catch_up_pending:
+                self._coalesced += 1
+            else:
+                self._catch_up_pending = True
+                self.actor_ref.tell(Iterate(self.clock.monotonic(), catch_up=True))
+            return
+        if self._paused:
+            return
+        if not self.circuit_breaker.can_execute():
+            self._skipped_open += 1
+            return
+        self.run_iteration()
+
+    def run_iteration(self) -> None:
+        """One guarded iteration: symbols, work, outcome recorded on the breaker."""
+        started = self.clock.monotonic()
+        self._last_started = started
+        try:
+            symbols = self.symbol_cache.get_symbols()
+            if self._injected_failures > 0:
+                self._injected_failures -= 1
+                raise InjectedFailure(f"injected failure ({self._injected_failures} left)")
+            written = self.process_symbols(symbols)
+        except Exception as exc:
+            self._last_finished = self.clock.monotonic()
+            self._record_error(exc, self._last_finished - started)
+            self.circuit_breaker.record_failure(exc)
+            return
+        self._last_finished = self.clock.monotonic()
+        elapsed = self._last_finished - started
+        with self._metrics_lock:
+            self._iteration_count += 1
+            self._last_iteration_seconds = elapsed
+        self.circuit_breaker.record_success(elapsed)
+        self.log.debug(
+            "service.iteration_completed",
+            seconds=round(elapsed, 6),
+            symbols=len(symbols),
+            written=written,
+        )
+
+    def _record_error(self, exc: Exception, elapsed: float) -> None:
+        now = self.clock.time()
+        with self._metrics_lock:
+            self._iteration_count += 1
+            self._error_count += 1
+            self._last_error_time = now
+            self._last_iteration_seconds = elapsed
+            self._recent_errors.append(
+                {"time": now, "type": type(exc).__name__, "message": str(exc)[:500]}
+            )
+        self.log.warning(
+            "service.iteration_failed",
+            error_type=type(exc).__name__,
+            error=str(exc)[:500],
+            exc_info=not isinstance(exc, InjectedFailure),
+        )
+
+    # --- metrics ---------------------------------------------------------------
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The seed's metrics, plus ``last_iteration_seconds`` and ``paused``."""
+        with self._metrics_lock:
+            metrics: dict[str, Any] = {
+                "service_name": self.name,
+                "is_running": self._running,
+                "iteration_count": self._iteration_count,
+                "error_count": self._error_count,
+                "last_error_time": self._last_error_time,
+                "recent_errors": list(self._recent_errors),
+                "interval_seconds": self.interval_seconds,
+                "last_iteration_seconds": self._last_iteration_seconds,
+                "paused": self._paused,
+                "generation": self.generation,
+                "skipped_while_open": self._skipped_open,
+                "coalesced_iterations": self._coalesced,
+            }
+        metrics["symbols"] = self._peek_symbols()
+        metrics["symbol_cache_enabled"] = self.symbol_cache.enabled
+        metrics["symbol_cache_age_seconds"] = self.symbol_cache.age_seconds()
+        metrics["symbol_cache"] = self.symbol_cache.stats()
+        stats = self.circuit_breaker.get_stats()
+        metrics["circuit_breaker_state"] = stats["state"]
+        metrics["circuit_breaker_stats"] = stats
+        return metrics
+
+    # --- internals ---------------------------------------------------------------
+
+    def _make_symbol_cache(self, config: ServiceConfig) -> SymbolCache:
+        loader: SymbolLoader
+        if config.symbols is not None:
+            return SymbolCache(
+                explicit_symbols=config.symbols,
+                ttl=config.symbol_cache_ttl,
+                clock=self.clock,
+                name=self.name,
+            )
+        if config.symbols_file is not None:
+            path = config.symbols_file
+
+            def loader() -> list[str]:
+                return load_symbols_file(path)
+        else:
+            loader = self.discover_symbols
+        return SymbolCache(loader, ttl=config.symbol_cache_ttl, clock=self.clock, name=self.name)
+
+    def _symbol_source(self) -> str:
+        if self.config.symbols is not None:
+            return "inline"
+        if self.config.symbols_file is not None:
+            return f"file:{self.config.symbols_file}"
+        return "discovered"
+
+    def _peek_symbols(self) -> list[str]:
+        """Symbols for metrics without triggering a reload (metrics must stay cheap)."""
+        if self.config.symbols is not None:
+            return list(self.config.symbols)
+        return self.symbol_cache.cached_symbols()
+
+    def _publish_transition(self, event: BreakerTransition) -> None:
+        self.log.info(
+            "breaker.transition",
+            from_state=event.from_state,
+            to_state=event.to_state,
+            failure_count=event.failure_count,
+            reason=event.reason,
+            generation=self.generation,
+        )
+        for sink in self.event_sinks:
+            try:
+                sink.tell(event)
+            except pykka.ActorDeadError:
+                self.log.warning("service.event_sink_dead", sink=str(sink))
+
+    def _shutdown(self) -> None:
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _report_exit(self, error: str | None, error_type: str | None) -> None:
+        if self.parent is None:
+            return
+        with contextlib.suppress(pykka.ActorDeadError):  # the parent is gone: nobody to tell
+            self.parent.tell(
+                ChildExited(
+                    child=self.name,
+                    generation=self.generation,
+                    error=error,
+                    error_type=error_type,
+                )
+            )

@@ -1,0 +1,291 @@
+"""The ``tickvisor`` command: run, demo, aggregate, check-config.
+
+stdout carries only JSON log lines (or the console rendering when asked);
+human messages (errors, the demo summary) go to stderr, so ``tickvisor run |
+jq`` never chokes. Exit codes: 0 clean stop, 1 the root supervisor escalated,
+2 bad config or unreachable database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pykka
+import sqlalchemy as sa
+
+from tickvisor import __version__
+from tickvisor.clock import RealClock, ThreadScheduler, now_ms
+from tickvisor.config import (
+    BreakerConfig,
+    CandleServiceConfig,
+    ConfigError,
+    FeedConfig,
+    ServicesConfig,
+    TickvisorConfig,
+    load_config,
+)
+from tickvisor.logs import configure_logging, get_logger
+from tickvisor.messages import InjectFailures, RouteToChild
+from tickvisor.store.candles import aggregate_candles
+from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
+from tickvisor.store.schema import candles, events, ticks
+from tickvisor.store.ticks import symbols_with_ticks
+from tickvisor.supervision.tree import SERVICES, build_tree
+from tickvisor.symbols import SymbolError, normalize_symbol
+
+log = get_logger("tickvisor.cli")
+
+EXIT_OK = 0
+EXIT_ESCALATED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix; its message is printed as is, without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        try:
+            configure_logging(args.log_format or "json", args.log_level or "INFO")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        code: int = args.handler(args)
+    except UsageError as exc:
+        print(f"tickvisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tickvisor", description="Fault-tolerant runtime for market-data services."
+    )
+    parser.add_argument("--version", action="version", version=f"tickvisor {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-format", choices=["json", "console"], default=None)
+    common.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", metavar="URL", default=None, help="database URL (default: SQLite)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common, db], help="run the supervision tree")
+    run.add_argument("--config", required=True, type=Path, metavar="FILE")
+    run.set_defaults(handler=cmd_run)
+
+    demo = sub.add_parser("demo", parents=[common, db], help="a self-contained demo run")
+    demo.add_argument("--seconds", type=float, default=12.0)
+    demo.set_defaults(handler=cmd_demo)
+
+    check = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=cmd_check_config)
+
+    agg = sub.add_parser("aggregate", parents=[common, db], help="one candle catch-up pass")
+    agg.add_argument("--config", type=Path, metavar="FILE", default=None)
+    agg.add_argument("--symbol", action="append", default=None, dest="symbols")
+    agg.set_defaults(handler=cmd_aggregate)
+    return parser
+
+
+# --- commands -------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    services = [
+        name
+        for name, svc in config.services.model_dump().items()
+        if svc is not None and svc.get("enabled", True)
+    ]
+    print(f"{args.file}: valid (services: {', '.join(services) or 'none'})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    # The config's logging section applies unless the command line says otherwise.
+    try:
+        configure_logging(
+            args.log_format or config.logging.format, args.log_level or config.logging.level
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return _run_tree(config, args.db or config.database.url, seconds=None)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.seconds <= 0:
+        raise UsageError(f"--seconds must be > 0, got {args.seconds}")
+    with tempfile.TemporaryDirectory(prefix="tickvisor-demo-") as folder:
+        url = args.db or f"sqlite:///{Path(folder) / 'demo.db'}"
+        return _run_tree(_demo_config(), url, seconds=args.seconds, demo=True)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    config = _load(args.config) if args.config else TickvisorConfig()
+    candle_config = config.services.candles or CandleServiceConfig()
+    try:
+        wanted = [normalize_symbol(s) for s in args.symbols or ()]
+    except SymbolError as exc:
+        raise UsageError(f"--symbol: {exc}") from None
+    engine = _open(args.db or config.database.url)
+    clock = RealClock()
+    try:
+        with engine.begin() as conn:
+            symbols = wanted or symbols_with_ticks(conn)
+            written = aggregate_candles(
+                conn, "candles", symbols, candle_config.timeframes, now_ms(clock)
+            )
+        log.info("aggregate.completed", symbols=len(symbols), candles_written=sum(written.values()))
+    finally:
+        engine.dispose()
+    return EXIT_OK
+
+
+# --- the running tree --------------------------------------------------------------
+
+
+def _run_tree(
+    config: TickvisorConfig, url: str | None, *, seconds: float | None, demo: bool = False
+) -> int:
+    engine = _open(url)
+    clock = RealClock()
+    scheduler = ThreadScheduler(clock)
+    stop = threading.Event()
+    escalation: list[str] = []
+
+    def on_escalate(reason: str) -> None:
+        escalation.append(reason)
+        stop.set()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("tickvisor.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    root = build_tree(
+        config, engine=engine, clock=clock, scheduler=scheduler, on_escalate=on_escalate
+    )
+    log.info(
+        "tickvisor.started",
+        version=__version__,
+        database=safe_url(engine.url),
+        services=[n for n, s in config.services.model_dump().items() if s and s["enabled"]],
+        feed=config.feed.enabled,
+    )
+    if demo:
+        # Three failing iterations from t=1.5s: the breaker (threshold 3, timeout
+        # 2s) opens, goes half-open two seconds later, and the trial closes it.
+        # An ask without waiting: a routing error lands in a future, never
+        # in the supervisor that routed it.
+        def inject_burst() -> None:
+            burst = InjectFailures(3, "demo burst")
+            root.ask(RouteToChild(SERVICES, RouteToChild("candles", burst)), block=False)
+
+        scheduler.call_later(1.5, inject_burst)
+    try:
+        deadline = None if seconds is None else clock.monotonic() + seconds
+        while not stop.is_set() and root.is_alive():
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            stop.wait(timeout=min(1.0, remaining) if remaining is not None else 1.0)
+        if not stop.is_set() and not root.is_alive():
+            escalation.append("the root supervisor stopped unexpectedly")
+    finally:
+        _shutdown(root, scheduler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if demo:
+        _print_demo_summary(engine)
+    engine.dispose()
+    if escalation:
+        log.critical("tickvisor.exiting", reason=escalation[0], exit_code=EXIT_ESCALATED)
+        return EXIT_ESCALATED
+    log.info("tickvisor.stopped", exit_code=EXIT_OK)
+    return EXIT_OK
+
+
+def _shutdown(root: pykka.ActorRef[Any], scheduler: ThreadScheduler) -> None:
+    """Stop the tree (children in reverse order), then the timers; leave no thread behind."""
+    scheduler.stop()
+    if root.is_alive():
+        try:
+            root.stop(block=True, timeout=60.0)
+        except pykka.Timeout:
+            log.error("tickvisor.stop_timeout", timeout=60.0)
+    try:
+        pykka.ActorRegistry.stop_all(block=True, timeout=10.0)
+    except pykka.Timeout:
+        log.error("tickvisor.stop_timeout", timeout=10.0, abandoned="actors still busy")
+
+
+def _demo_config() -> TickvisorConfig:
+    symbols = ["EUR/USD", "USD/JPY", "GBP/USD"]
+    return TickvisorConfig(
+        feed=FeedConfig(
+            enabled=True, symbols=symbols, interval_seconds=0.5, ticks_per_interval=25, seed=7
+        ),
+        services=ServicesConfig(
+            candles=CandleServiceConfig(
+                interval_seconds=1.0,
+                symbols=symbols,
+                breaker=BreakerConfig(failure_threshold=3, timeout=2.0, half_open_max_calls=1),
+            )
+        ),
+    )
+
+
+def _print_demo_summary(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        tick_count = conn.execute(sa.select(sa.func.count()).select_from(ticks)).scalar_one()
+        candle_count = conn.execute(sa.select(sa.func.count()).select_from(candles)).scalar_one()
+        transitions = [
+            f"{row.payload['from_state']} -> {row.payload['to_state']}"
+            for row in conn.execute(
+                sa.select(events.c.payload)
+                .where(events.c.kind == "breaker.transition")
+                .order_by(events.c.id)
+            )
+        ]
+    print(
+        "\ntickvisor demo summary\n"
+        f"  ticks generated   : {tick_count}\n"
+        f"  candles written   : {candle_count}\n"
+        f"  breaker cycle     : {', '.join(transitions) or 'none'}\n",
+        file=sys.stderr,
+    )
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _load(path: Path) -> TickvisorConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        log.error("config.rejected", file=str(path), error=str(exc))
+        raise UsageError(str(exc)) from None
+
+
+def _open(url: str | None) -> sa.Engine:
+    try:
+        return open_database(url)
+    except DatabaseUnavailable as exc:
+        log.error("database.unavailable", error=str(exc))
+        raise UsageError(str(exc)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,608 @@
+"""Configuration: YAML on disk, frozen pydantic models in memory.
+
+A config is read at start-up, by ``tickvisor check-config`` and on every
+reload, and a rejected reload must leave the running config in place. So
+loading never half-succeeds: it returns a complete, validated
+:class:`TickvisorConfig` or raises :class:`ConfigError`, whose message alone
+(no traceback) tells an operator which file, which key and what is wrong.
+
+``${VAR}`` interpolation runs on the parsed tree, not on the raw text, so an
+environment variable can only ever become a string value: it cannot add keys,
+lists or YAML syntax.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tickvisor.symbols import load_symbols_file, normalize_symbol, yaml_kind
+
+__all__ = [
+    "DEFAULT_FEED_SYMBOLS",
+    "LOG_LEVELS",
+    "TIMEFRAMES",
+    "BreakerConfig",
+    "CandleServiceConfig",
+    "ConfigError",
+    "DatabaseConfig",
+    "FeedConfig",
+    "LoggingConfig",
+    "ServiceConfig",
+    "ServicesConfig",
+    "SupervisorConfig",
+    "TickvisorConfig",
+    "Timeframe",
+    "load_config",
+    "parse_config",
+]
+
+Timeframe = Literal["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
+TIMEFRAMES: tuple[Timeframe, ...] = typing.get_args(Timeframe)
+LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_FEED_SYMBOLS: tuple[str, ...] = ("EUR/USD", "USD/JPY", "GBP/USD")
+
+#: Key names whose values must never be echoed: they tend to hold credentials.
+_SECRET_KEY_PARTS = ("url", "password", "passwd", "token", "secret", "api_key", "authorization")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``str()`` is the whole user-facing report.
+
+    Each argument is one problem, already prefixed with the file and key path,
+    so a CLI can print ``str(exc)`` and exit, and tests can look at
+    :attr:`problems` one by one.
+    """
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _reject_bool(value: Any) -> Any:
+    """Refuse ``true`` where a number belongs: pydantic would quietly read it as 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got a boolean ({str(value).lower()})")
+    return value
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    first_seen: dict[Any, int] = {}
+    for index, value in enumerate(values):
+        if value in first_seen:
+            raise ValueError(
+                f"{value} is listed twice (items {first_seen[value]} and {index}); list it once"
+            )
+        first_seen[value] = index
+    return values
+
+
+def _non_empty_unique(values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError("must not be empty")
+    return _unique(values)
+
+
+_NoBool = BeforeValidator(_reject_bool)
+Symbol = Annotated[str, AfterValidator(normalize_symbol)]
+Seconds = Annotated[float, _NoBool, Field(gt=0, allow_inf_nan=False)]
+NonNegativeSeconds = Annotated[float, _NoBool, Field(ge=0, allow_inf_nan=False)]
+Count = Annotated[int, _NoBool, Field(ge=1)]
+NonNegativeCount = Annotated[int, _NoBool, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    """Shared settings: a typo'd key is an error, and a loaded config never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section_means_defaults(cls, data: Any) -> Any:
+        # ``feed:`` with every child commented out parses as null; the user
+        # meant "this section, with its defaults", not "invalid".
+        return {} if data is None else data
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class DatabaseConfig(_Model):
+    """Where tickvisor reads and writes its tables."""
+
+    # repr=False: the URL often embeds a password, and configs get logged.
+    url: str | None = Field(default=None, repr=False)
+
+    @field_validator("url")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        # An empty URL usually means an interpolated variable that was set to
+        # "", which would otherwise surface later as an obscure SQLAlchemy error.
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty; remove the key to use the default SQLite file")
+        return value
+
+
+class LoggingConfig(_Model):
+    """How log lines are rendered; JSON is the contract, console is for humans."""
+
+    format: Literal["json", "console"] = "json"
+    level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (got {value!r})")
+        return level
+
+
+class SupervisorConfig(_Model):
+    """Restart policy of the services supervisor (Erlang/OTP semantics)."""
+
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] = "one_for_one"
+    max_restarts: NonNegativeCount = 5
+    within_seconds: Seconds = 30.0
+    shutdown_timeout: Seconds = 5.0
+
+
+class FeedConfig(_Model):
+    """The optional synthetic tick feed, for demos and for running without a vendor."""
+
+    enabled: bool = False
+    symbols: Annotated[list[Symbol], AfterValidator(_non_empty_unique)] = Field(
+        default_factory=lambda: list(DEFAULT_FEED_SYMBOLS)
+    )
+    interval_seconds: Seconds = 1.0
+    ticks_per_interval: Count = 20
+    seed: Annotated[int, _NoBool] | None = None
+
+
+class BreakerConfig(_Model):
+    """Circuit breaker of one service; defaults match the seed system's breaker."""
+
+    failure_threshold: Count = 5
+    timeout: Seconds = 60.0
+    half_open_max_calls: Count = 3
+    success_threshold: Count = 1
+    backoff_factor: Annotated[float, _NoBool, Field(ge=1.0, allow_inf_nan=False)] = 1.0
+    # Validated even when omitted: a user who raises ``timeout`` above the
+    # default cap must be told, or the cap would silently shorten the timeout.
+    max_timeout: Seconds = Field(default=600.0, validate_default=True)
+    sliding_window_size: NonNegativeCount = 0
+    minimum_calls: Count = Field(default=10, validate_default=True)
+    failure_rate_threshold: Annotated[float, _NoBool, Field(gt=0, le=100, allow_inf_nan=False)] = (
+        50.0
+    )
+    slow_call_seconds: Seconds | None = None
+
+    @field_validator("success_threshold")
+    @classmethod
+    def _reachable_success_threshold(cls, value: int, info: ValidationInfo) -> int:
+        # HALF_OPEN lets only half_open_max_calls through, so a higher
+        # threshold could never be met and the breaker would never close.
+        max_calls = info.data.get("half_open_max_calls")
+        if max_calls is not None and value > max_calls:
+            raise ValueError(
+                f"must be at most half_open_max_calls ({max_calls}), otherwise the breaker "
+                f"can never close again (got {value})"
+            )
+        return value
+
+    @field_validator("minimum_calls")
+    @classmethod
+    def _window_can_fill(cls, value: int, info: ValidationInfo) -> int:
+        # The failure rate is judged only once minimum_calls outcomes are in the
+        # window; a window smaller than that could never trip the breaker.
+        size = info.data.get("sliding_window_size")
+        if size and value > size:
+            raise ValueError(
+                f"must be at most sliding_window_size ({size}), otherwise the failure-rate "
+                f"window can never trip the breaker (got {value})"
+            )
+        return value
+
+    @field_validator("max_timeout")
+    @classmethod
+    def _cap_above_timeout(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("timeout")
+        if timeout is not None and value < timeout:
+            raise ValueError(
+                f"must be at least timeout ({timeout:g}), since it caps the backed-off "
+                f"open period (got {value:g}); raise max_timeout as well"
+            )
+        return value
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+class ServiceConfig(_Model):
+    """Settings every market-data service shares; each service subclasses it."""
+
+    enabled: bool = True
+    interval_seconds: Seconds = 5.0
+    symbols: Annotated[list[Symbol], AfterValidator(_unique)] | None = None
+    symbols_file: Path | None = None
+    symbol_cache_ttl: NonNegativeSeconds = 300.0
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    @field_validator("symbols")
+    @classmethod
+    def _symbols_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError(
+                "must not be empty; remove the key to let the service discover symbols "
+                "from its data"
+            )
+        return value
+
+    @field_validator("symbols_file")
+    @classmethod
+    def _resolve_symbols_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Resolve against the config file's folder and read the file once now.
+
+        Reading it here means ``check-config`` reports a broken symbols file
+        before the service starts, instead of the first cache refresh failing.
+        """
+        if value is None:
+            return None
+        if info.data.get("symbols") is not None:
+            raise ValueError(
+                "cannot be combined with symbols; list the symbols inline or in a file, not both"
+            )
+        path = (_base_dir(info) / value.expanduser()).resolve()
+        load_symbols_file(path)
+        return path
+
+
+class CandleServiceConfig(ServiceConfig):
+    """Settings of the candles service (ticks -> OHLC candles)."""
+
+    timeframes: Annotated[list[Timeframe], AfterValidator(_non_empty_unique)] = Field(
+        default_factory=lambda: list(TIMEFRAMES)
+    )
+
+
+class ServicesConfig(_Model):
+    """One optional entry per service; an absent entry means the service is not run."""
+
+    candles: CandleServiceConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_service_means_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        # In a file, ``candles:`` with its children commented out is null, yet
+        # the user clearly meant "run candles with the defaults". Only for
+        # file input: in code, ``candles=None`` keeps meaning "not configured".
+        if isinstance(data, Mapping) and _from_file(info):
+            return {key: {} if value is None else value for key, value in data.items()}
+        return data
+
+
+def _from_file(info: ValidationInfo) -> bool:
+    return isinstance(info.context, Mapping) and bool(info.context.get("from_file"))
+
+
+class TickvisorConfig(_Model):
+    """The whole configuration of one tickvisor process."""
+
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    feed: FeedConfig = Field(default_factory=FeedConfig)
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> TickvisorConfig:
+    """Load and validate a config file; relative paths in it are relative to its folder."""
+    file = Path(path)
+    source = str(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, expected a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror}") from None
+    return parse_config(text, source=source, base_dir=file.absolute().parent, env=env)
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    base_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> TickvisorConfig:
+    """Validate config ``text``; ``source`` only names it in error messages.
+
+    ``base_dir`` (default: the working folder) anchors relative paths such as
+    ``symbols_file``; ``env`` (default: ``os.environ``) feeds ``${VAR}``.
+    """
+    data = _load_yaml(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of sections such as 'feed:' and "
+            f"'services:', got {yaml_kind(data)}"
+        )
+    interpolator = _Interpolator(os.environ if env is None else env, source)
+    data = interpolator.walk(data, ())
+    if interpolator.problems:
+        raise ConfigError(*interpolator.problems)
+    context = {"base_dir": base_dir if base_dir is not None else Path.cwd(), "from_file": True}
+    try:
+        return TickvisorConfig.model_validate(data, context=context)
+    except ValidationError as exc:
+        # ``from None``: pydantic's own message echoes every input value,
+        # secrets included, and would be printed with a chained traceback.
+        raise ConfigError(*_format_validation_errors(exc, source)) from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects what PyYAML lets through silently.
+
+    A duplicated key would otherwise keep only its last value, and an
+    unquoted ``on:`` or ``1:`` key would become a boolean or a number that no
+    schema field can ever match.
+    """
+
+    _MERGE_TAG: ClassVar[str] = "tag:yaml.org,2002:merge"
+
+    def construct_mapping(
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict[typing.Hashable, Any]:
+        first_seen: dict[str, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == self._MERGE_TAG:
+                continue
+            key = (
+                self.construct_object(key_node, deep=True)
+                if isinstance(key_node, yaml.ScalarNode)
+                else None
+            )
+            if not isinstance(key, str):
+                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"keys must be strings, got {shown!r}; quote the key if it is meant as text",
+                    key_node.start_mark,
+                )
+            if key in first_seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first_seen[key].line + 1})",
+                    key_node.start_mark,
+                )
+            first_seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        # Built from the mark and problem only: ``str(exc)`` quotes the
+        # offending line, which may be the one holding a password.
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context and exc.context_mark:
+            problem += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(
+            f"{source}: invalid YAML: character {exc.character!r} at offset {exc.position} "
+            "is not allowed"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {type(exc).__name__}") from None
+
+
+# --------------------------------------------------------------------------- interpolation
+
+# ``$${`` (escape) is tried first; a ``${`` with no closing brace on the same
+# value matches the last alternative with ``body`` unset.
+_TOKEN = re.compile(r"\$\$\{|\$\{(?:(?P<body>[^{}]*)\})?")
+_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+Loc = tuple[str | int, ...]
+
+
+class _Interpolator:
+    """One pass of ``${VAR}`` expansion over a parsed tree, collecting every problem.
+
+    All problems are reported together so that a deployment missing three
+    variables is fixed in one round trip, not three.
+    """
+
+    def __init__(self, env: Mapping[str, str], source: str) -> None:
+        self.env = env
+        self.source = source
+        self.problems: list[str] = []
+        self._active: set[int] = set()
+
+    def walk(self, node: Any, loc: Loc) -> Any:
+        if isinstance(node, str):
+            return self.expand(node, loc)
+        if not isinstance(node, dict | list):
+            return node
+        # YAML aliases can build a structure that contains itself.
+        if id(node) in self._active:
+            self.problems.append(_line(self.source, loc, "a YAML alias refers to itself"))
+            return node
+        self._active.add(id(node))
+        try:
+            if isinstance(node, dict):
+                return {key: self.walk(value, (*loc, key)) for key, value in node.items()}
+            return [self.walk(value, (*loc, index)) for index, value in enumerate(node)]
+        finally:
+            self._active.discard(id(node))
+
+    def expand(self, value: str, loc: Loc) -> str:
+        """Shell-like ``${VAR}`` / ``${VAR:-default}``: the default also covers an empty VAR.
+
+        The result is never re-scanned, so a variable's value is taken literally
+        even if it contains ``${``.
+        """
+        if "$" not in value:
+            return value
+        parts: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(value):
+            parts.append(value[position : match.start()])
+            position = match.end()
+            if match.group(0) == "$${":
+                parts.append("${")
+                continue
+            body = match.group("body")
+            parsed = _BODY.fullmatch(body) if body is not None else None
+            if parsed is None:
+                shown = "" if _is_secret(loc) else f" {match.group(0)!r}"
+                self.problems.append(
+                    _line(
+                        self.source,
+                        loc,
+                        f"invalid interpolation{shown}: write ${{NAME}} or ${{NAME:-default}}, "
+                        "or $${ for a literal ${",
+                    )
+                )
+                continue
+            name, default = parsed.group("name"), parsed.group("default")
+            current = self.env.get(name)
+            if current:
+                parts.append(current)
+            elif default is not None:
+                parts.append(default)
+            elif current is not None:
+                parts.append(current)
+            else:
+                self.problems.append(
+                    _line(
+                        self.source,
+                        loc,
+                        f"environment variable {name} is not set and has no default; "
+                        f"set it or write ${{{name}:-default}}",
+                    )
+                )
+        parts.append(value[position:])
+        return "".join(parts)
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+def _line(source: str, loc: Loc, problem: str) -> str:
+    path = ".".join(str(part) for part in loc)
+    return f"{source}: {path}: {problem}" if path else f"{source}: {problem}"
+
+
+def _is_secret(loc: Loc) -> bool:
+    names = [part.lower() for part in loc if isinstance(part, str)]
+    return bool(names) and any(part in names[-1] for part in _SECRET_KEY_PARTS)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """Render a rejected value in YAML terms (``null``, ``true``), not Python's."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, int | float):
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    elif isinstance(value, str | Path):
+        text = repr(str(value))
+    else:
+        return yaml_kind(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The model a key path points into, to suggest a near-miss for an unknown key."""
+    model: type[BaseModel] = TickvisorConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        found = _find_model(field.annotation) if field is not None else None
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _find_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, Annotated):
+        for arg in typing.get_args(annotation):
+            found = _find_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _format_validation_errors(exc: ValidationError, source: str) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc: Loc = tuple(error["loc"])
+        kind = error["type"]
+        value = error.get("input")
+        if kind == "extra_forbidden":
+            problem = "unknown key"
+            parent = _model_at(loc[:-1])
+            if parent is not None and isinstance(loc[-1], str):
+                close = difflib.get_close_matches(loc[-1], list(parent.model_fields), n=1)
+                if close:
+                    problem += f" (did you mean {close[0]!r}?)"
+        elif kind in ("value_error", "assertion_error"):
+            # Our own validators word their messages to stand alone.
+            problem = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            problem = f"expected a mapping of keys, got {yaml_kind(value)}"
+        else:
+            problem = error["msg"]
+            if not _is_secret(loc) and not isinstance(value, dict | list):
+                problem += f" (got {_show(value)})"
+        line = _line(source, loc, problem)
+        if line not in lines:
+            lines.append(line)
+    return lines

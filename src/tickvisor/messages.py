@@ -1,0 +1,143 @@
+"""Every message that crosses an actor boundary: frozen dataclasses, never dicts.
+
+Control messages go *to* a service; events come *from* one (or from a
+supervisor) and are fanned out to whoever subscribed (its supervisor, the
+alerts actor). Being frozen, a message can be shared between threads without
+copying and logged without fear that someone changes it afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# --- control messages (to a service) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Iterate:
+    """Run one iteration now.
+
+    ``scheduled_at`` (monotonic) lets the service coalesce: an Iterate queued
+    while an iteration was running becomes a single ``catch_up`` Iterate sent
+    to the back of the inbox, behind any control message already waiting.
+    """
+
+    scheduled_at: float
+    catch_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Stop iterating until :class:`Resume`; control messages are still answered."""
+
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateCache:
+    """Drop the symbol cache so the next iteration reloads the symbol list."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResetBreaker:
+    """Force the breaker back to CLOSED (operator override)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Answered with True by every tickvisor actor once its ``on_start`` has run.
+
+    pykka's ``start()`` returns before ``on_start`` runs; a supervisor asks
+    Ping so that children start strictly in order, as in OTP.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class GetMetrics:
+    """Ask for the service's metrics dict (answered between iterations)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InjectFailures:
+    """Make the next ``count`` iterations fail (chaos drills and the demo)."""
+
+    count: int
+    reason: str = "injected failure"
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateTicks:
+    """Write the next synthetic batch; ``scheduled_at`` (monotonic) dates the batch.
+
+    The feed stamps the batch with the time it was *due*, not the time it is
+    handled, so a feed that falls behind still produces evenly spaced ticks.
+    """
+
+    scheduled_at: float
+
+
+# --- events (from a service or a supervisor) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerTransition:
+    """A circuit breaker changed state.
+
+    ``at`` is wall time in epoch seconds; ``failure_count`` is the count at
+    the moment of the change, which is what an operator wants in an alert.
+    """
+
+    service: str
+    from_state: str
+    to_state: str
+    failure_count: int
+    reason: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExited:
+    """A supervised actor stopped; ``error`` is None for a normal exit.
+
+    ``generation`` identifies which instance exited, so a late report from a
+    replaced instance is not mistaken for one from the current instance.
+    """
+
+    child: str
+    generation: int
+    error: str | None
+    error_type: str | None = None
+
+    @property
+    def abnormal(self) -> bool:
+        return self.error is not None
+
+
+# --- supervisor requests (to a supervisor) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteToChild:
+    """Deliver ``message`` to the child called ``child`` and return its reply.
+
+    A restarted child is a new actor with a new ref, so callers address
+    children by name through their supervisor rather than holding refs.
+    """
+
+    child: str
+    message: object
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class WhichChildren:
+    """Ask a supervisor for its children: name, generation, alive, restart type."""

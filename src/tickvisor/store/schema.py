@@ -1,0 +1,181 @@
+"""The tables, in SQLAlchemy Core, and the one dialect-aware upsert.
+
+Everything lives on one :data:`metadata` so ``create_all`` builds the whole
+database and tests can drop it in one call. Timestamps are integer UTC
+milliseconds (BIGINT): they compare, bucket and index the same way on SQLite
+and PostgreSQL, with no time-zone or driver conversion in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Select,
+    String,
+    Table,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+#: Explicit constraint names, so a later migration can refer to them by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only turns ``INTEGER PRIMARY KEY`` (not BIGINT) into an auto-assigned rowid.
+_Id = BigInteger().with_variant(Integer, "sqlite")
+# Float(53) is a double on both dialects, so prices survive a round trip bit for bit.
+_Double = Float(53)
+
+ticks = Table(
+    "ticks",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("bid", _Double, nullable=False),
+    Column("ask", _Double, nullable=False),
+    Column("price", _Double, nullable=True),
+    Column("volume", _Double, nullable=True),
+    Column("source", String(64), nullable=True),
+    Index(None, "symbol", "id"),
+    Index(None, "symbol", "ts_ms"),
+    # Incremental consumers keep "last id seen" cursors; without AUTOINCREMENT,
+    # SQLite may hand a deleted max id out again and a cursor would skip the row.
+    sqlite_autoincrement=True,
+)
+
+candles = Table(
+    "candles",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("timeframe", String(8), primary_key=True),
+    Column("ts_ms", BigInteger, primary_key=True),
+    Column("open", _Double, nullable=False),
+    Column("high", _Double, nullable=False),
+    Column("low", _Double, nullable=False),
+    Column("close", _Double, nullable=False),
+    Column("volume", _Double, nullable=False, server_default=text("0")),
+    Column("tick_count", Integer, nullable=False),
+    Column("updated_ms", BigInteger, nullable=True),
+)
+
+progress_cursors = Table(
+    "progress_cursors",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("service", String(64), nullable=True),
+    Column("payload", JSON, nullable=False),
+    Index(None, "ts_ms"),
+)
+
+alert_outbox = Table(
+    "alert_outbox",
+    metadata,
+    Column("alert_id", String(64), primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("service", String(64), nullable=True),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index(None, "status", "created_ms"),
+)
+
+service_generations = Table(
+    "service_generations",
+    metadata,
+    Column("service", String(64), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    Column("started_ms", BigInteger, nullable=True),
+)
+
+
+def upsert(
+    conn: Connection,
+    table: Table,
+    values: Mapping[str, Any] | Sequence[Mapping[str, Any]] | Select[Any],
+    index_elements: Sequence[str],
+    update_columns: Sequence[str],
+) -> int:
+    """Insert rows, or overwrite ``update_columns`` where ``index_elements`` collide.
+
+    Every write in tickvisor must be idempotent, and ``ON CONFLICT DO UPDATE``
+    is how both supported dialects say so in one round trip. ``values`` may
+    be a row, a list of rows (executemany), or a SELECT whose selected column
+    names match the table's (``INSERT ... SELECT``), so per-row writes and the
+    set-based candle aggregation share this one helper. Returns the driver's
+    row count (rows inserted or updated).
+    """
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        stmt: Any = sqlite.insert(table)
+    elif dialect == "postgresql":
+        stmt = postgresql.insert(table)
+    else:
+        raise NotImplementedError(f"upsert: unsupported database dialect {dialect!r}")
+    # Without this, SQLAlchemy closes an INSERT's cursor before the row count is
+    # read, and psycopg then reports -1.
+    stmt = stmt.execution_options(preserve_rowcount=True)
+
+    if isinstance(values, Select):
+        stmt = stmt.from_select([c.name for c in values.selected_columns], values)
+        return int(conn.execute(_on_conflict(stmt, index_elements, update_columns)).rowcount)
+    if isinstance(values, Mapping):
+        stmt = stmt.values(dict(values))
+        return int(conn.execute(_on_conflict(stmt, index_elements, update_columns)).rowcount)
+    rows = [dict(row) for row in values]
+    if not rows:
+        return 0
+    result = conn.execute(_on_conflict(stmt, index_elements, update_columns), rows)
+    # Some drivers report -1 for an executemany; every row was then written or updated.
+    return int(result.rowcount) if result.rowcount >= 0 else len(rows)
+
+
+def _on_conflict(stmt: Any, index_elements: Sequence[str], update_columns: Sequence[str]) -> Any:
+    if not update_columns:
+        return stmt.on_conflict_do_nothing(index_elements=list(index_elements))
+    return stmt.on_conflict_do_update(
+        index_elements=list(index_elements),
+        set_={name: stmt.excluded[name] for name in update_columns},
+    )
+
+
+__all__ = [
+    "alert_outbox",
+    "candles",
+    "events",
+    "metadata",
+    "progress_cursors",
+    "service_generations",
+    "ticks",
+    "upsert",
+]

@@ -1,0 +1,139 @@
+"""The command line as a user runs it: real subprocesses, real files, real databases."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tickvisor.store.engine import open_database
+from tickvisor.store.ticks import insert_ticks
+
+TICKVISOR = [sys.executable, "-m", "tickvisor.cli"]
+
+
+def run(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TICKVISOR, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def json_lines(stdout: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stdout.splitlines()]  # every line must parse
+
+
+def test_check_config_accepts_the_shipped_example(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "tickvisor.yaml"
+    result = run("check-config", str(example), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stderr
+
+
+def test_check_config_rejects_with_key_path_and_no_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("services:\n  candles:\n    breaker:\n      timeout: -1\n")
+    result = run("check-config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "services.candles.breaker.timeout" in result.stderr
+    assert "bad.yaml" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    json_lines(result.stdout)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text("feed:\n  enabled: true\n  symbols: [EUR/USD\n")
+    result = run("check-config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "broken.yaml:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_one_clear_line_without_password(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://trader:hunter2@127.0.0.1:1/markets"
+    result = run("demo", "--seconds", "1", "--db", url, cwd=tmp_path)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1
+    assert "127.0.0.1:1/markets" in message[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    json_lines(result.stdout)
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "tickvisor.yaml"
+    config.write_text(
+        "feed:\n  enabled: true\n  interval_seconds: 0.2\n"
+        "services:\n  candles:\n    interval_seconds: 0.5\n"
+    )
+    proc = subprocess.Popen(
+        [*TICKVISOR, "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'r.db'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        started = json.loads(proc.stdout.readline())
+        assert started["event"] == "tickvisor.started"
+        # Wait (bounded) for the first candle iteration to be logged as started.
+        deadline = time.monotonic() + 30
+        seen: list[dict[str, object]] = [started]
+        while time.monotonic() < deadline:
+            line = json.loads(proc.stdout.readline())
+            seen.append(line)
+            if line["event"] == "supervisor.started" and line.get("supervisor") == "root":
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    records = seen + json_lines(out)
+    events = [r["event"] for r in records]
+    assert "service.started" in events
+    # Stopped in reverse order of start: services before the feed, feed before root.
+    stopped = [e for e in events if e in ("service.stopped", "feed.stopped", "supervisor.stopped")]
+    assert stopped.index("service.stopped") < stopped.index("feed.stopped")
+    assert events[-1] == "tickvisor.stopped"
+
+
+def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
+    result = run("demo", "--seconds", "12", cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr
+    records = json_lines(result.stdout)
+    cycle = [
+        (r["from_state"], r["to_state"]) for r in records if r["event"] == "breaker.transition"
+    ]
+    assert cycle[:3] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert "breaker cycle" in result.stderr
+    assert not list(tmp_path.iterdir()), "the demo must not leave files in the working folder"
+
+
+def test_aggregate_is_one_idempotent_pass(tmp_path: Path, db_url: str) -> None:
+    engine = open_database(db_url)
+    with engine.begin() as conn:
+        insert_ticks(
+            conn, [{"symbol": "EUR/USD", "ts_ms": 1_700_000_000_000, "bid": 1.0, "ask": 1.1}]
+        )
+    engine.dispose()
+    written = []
+    for _ in range(2):
+        result = run("aggregate", "--db", db_url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        (line,) = [r for r in json_lines(result.stdout) if r["event"] == "aggregate.completed"]
+        written.append(line["candles_written"])
+    assert written == [7, 0]  # one candle per timeframe, then nothing new
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = run("run", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr
+    assert "Traceback" not in result.stderr
