@@ -1,26 +1,38 @@
-"""The SQL candle aggregation against an independent pandas oracle, on both dialects."""
+"""The candle aggregation against pandas ``resample`` as an independent oracle, on both dialects."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, event, select
+from sqlalchemy import Engine, delete, event, select, text
+from sqlalchemy.exc import OperationalError
 
-from tickvisor.store import TIMEFRAMES, aggregate_candles, bucket_start, get_cursor, insert_ticks
+from tickvisor.store import (
+    TIMEFRAMES,
+    CandleAggregator,
+    bucket_start,
+    day_bounds,
+    get_position,
+    insert_ticks,
+    make_engine,
+)
 from tickvisor.store.schema import candles, progress_cursors, ticks
 
 SERVICE = "candles"
-SYMBOLS = ("EURUSD", "USDJPY", "GBPUSD")
-ALL_TF = list(TIMEFRAMES)
+SYMBOLS = ("EUR/USD", "USD/JPY", "GBP/USD")
 DAY = 86_400_000
+HOUR = 3_600_000
 # Deliberately not aligned to any bucket, so the first and last buckets are partial.
 BASE_TS = 1_700_000_123_456
+# pandas resample rules for the timeframes, for the oracle.
+RULES = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h"}
 
 Key = tuple[str, str, int]
 Row = tuple[float, float, float, float, float, int]
@@ -35,9 +47,10 @@ def clear(engine: Engine) -> None:
             conn.execute(delete(table))
 
 
-def aggregate(engine: Engine, now_ms: int = 1) -> dict[str, int]:
-    with engine.begin() as conn:
-        return aggregate_candles(conn, SERVICE, SYMBOLS, ALL_TF, now_ms)
+def aggregator(engine: Engine, **kwargs: Any) -> CandleAggregator:
+    kwargs.setdefault("service", SERVICE)
+    kwargs.setdefault("now_ms", lambda: 1)
+    return CandleAggregator(engine, **kwargs)
 
 
 def insert(engine: Engine, rows: list[dict[str, Any]]) -> None:
@@ -73,62 +86,66 @@ def snapshot(engine: Engine) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...
     return [tuple(r) for r in candle_rows], [tuple(r) for r in cursor_rows]
 
 
-def oracle(engine: Engine) -> dict[Key, Row]:
-    """Candles recomputed from scratch in pandas, sharing nothing with the SQL but the ticks."""
+def oracle(engine: Engine, rollover: str = "utc") -> dict[Key, Row]:
+    """Candles from pandas ``resample``, sharing nothing with the SQL but the ticks."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                ticks.c.id,
-                ticks.c.symbol,
-                ticks.c.ts_ms,
-                ticks.c.bid,
-                ticks.c.ask,
-                ticks.c.price,
-                ticks.c.volume,
-            )
-        ).all()
-    if not rows:
-        return {}
-    frame = pd.DataFrame(
-        {
-            "id": [r.id for r in rows],
-            "symbol": [r.symbol for r in rows],
-            "ts_ms": [r.ts_ms for r in rows],
-            "px": [r.price if r.price is not None else (r.bid + r.ask) / 2 for r in rows],
-            "vol": [r.volume if r.volume is not None else 0.0 for r in rows],
-        }
-    ).sort_values(["ts_ms", "id"], kind="stable")
-    expected: dict[Key, Row] = {}
-    for timeframe, width in TIMEFRAMES.items():
-        frame["bucket"] = frame["ts_ms"] // width * width
-        grouped = frame.groupby(["symbol", "bucket"], sort=True).agg(
-            open=("px", "first"),
-            high=("px", "max"),
-            low=("px", "min"),
-            close=("px", "last"),
-            volume=("vol", "sum"),
-            tick_count=("px", "size"),
+        frame = pd.DataFrame(
+            conn.execute(
+                select(
+                    ticks.c.id,
+                    ticks.c.symbol,
+                    ticks.c.ts_ms,
+                    ticks.c.bid,
+                    ticks.c.ask,
+                    ticks.c.price,
+                    ticks.c.volume,
+                )
+            ).all(),
+            columns=["id", "symbol", "ts_ms", "bid", "ask", "price", "volume"],
         )
-        for (symbol, bucket), g in grouped.iterrows():
-            expected[(str(symbol), timeframe, int(bucket))] = (
-                float(g["open"]),
-                float(g["high"]),
-                float(g["low"]),
-                float(g["close"]),
-                float(g["volume"]),
-                int(g["tick_count"]),
-            )
+    if frame.empty:
+        return {}
+    frame["px"] = frame["price"].astype(float).fillna((frame["bid"] + frame["ask"]) / 2)
+    frame["vol"] = frame["volume"].astype(float).fillna(0.0)
+    frame = frame.sort_values(["ts_ms", "id"], kind="stable")
+    frame.index = pd.to_datetime(frame["ts_ms"], unit="ms", utc=True)
+    expected: dict[Key, Row] = {}
+    for symbol, group in frame.groupby("symbol"):
+        for timeframe in TIMEFRAMES:
+            if timeframe == "1d" and rollover == "new_york_17":
+                # FX days: 17:00 New York. The 7 hours from 17:00 to midnight
+                # never hold a clock change, so shifting by 7 absolute hours and
+                # taking the local date labels each tick with its trading day.
+                local = group.index.tz_convert("America/New_York")
+                label = (local + pd.Timedelta(hours=7)).normalize() - pd.Timedelta(hours=7)
+                resampled = group.groupby(label, sort=True)
+            else:
+                rule = RULES.get(timeframe, "1D")
+                resampled = group.resample(rule, closed="left", label="left")
+            ohlc = resampled["px"].ohlc()
+            ohlc["volume"] = resampled["vol"].sum()
+            ohlc["count"] = resampled["px"].count()
+            for label_ts, row in ohlc[ohlc["count"] > 0].iterrows():
+                ts_ms = int(pd.Timestamp(label_ts).timestamp() * 1000)
+                expected[(str(symbol), timeframe, ts_ms)] = (
+                    float(row["open"]),
+                    float(row["high"]),
+                    float(row["low"]),
+                    float(row["close"]),
+                    float(row["volume"]),
+                    int(row["count"]),
+                )
     return expected
 
 
-def assert_matches_oracle(engine: Engine) -> None:
+def assert_matches_oracle(engine: Engine, rollover: str = "utc") -> None:
     got = stored(engine)
-    want = oracle(engine)
+    want = oracle(engine, rollover)
     assert set(got) == set(want)
     for key, expected in want.items():
         actual = got[key]
-        # Same doubles, same arithmetic: prices and counts must match exactly;
-        # a sum's rounding depends on the order it adds in, so volume is approximate.
+        # Same doubles, same comparisons: prices and counts match exactly. A
+        # sum's rounding depends on the order it adds in, so volume is approximate.
         assert actual[:4] + actual[5:] == expected[:4] + expected[5:], key
         assert actual[4] == pytest.approx(expected[4], rel=1e-9, abs=1e-9), key
 
@@ -147,6 +164,27 @@ def capture_sql(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
+class Killed(BaseException):
+    """Stands for the process dying: raised before the Nth statement reaches the database."""
+
+
+@contextmanager
+def killed_at_statement(engine: Engine, number: int) -> Iterator[None]:
+    seen = 0
+
+    def maybe_die(*_: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == number:
+            raise Killed(f"killed before statement {number}")
+
+    event.listen(engine, "before_cursor_execute", maybe_die)
+    try:
+        yield
+    finally:
+        event.remove(engine, "before_cursor_execute", maybe_die)
+
+
 def tick(
     symbol: str,
     offset_ms: int,
@@ -154,10 +192,11 @@ def tick(
     volume: float | None = None,
     bid: float = 1.0,
     ask: float = 1.5,
+    base: int = BASE_TS,
 ) -> dict[str, Any]:
     return {
         "symbol": symbol,
-        "ts_ms": BASE_TS + offset_ms,
+        "ts_ms": base + offset_ms,
         "bid": bid,
         "ask": ask,
         "price": price,
@@ -170,8 +209,9 @@ def tick(
 prices = st.floats(min_value=0.5, max_value=200.0, allow_nan=False, allow_infinity=False)
 spreads = st.floats(min_value=0.0, max_value=0.5, allow_nan=False, allow_infinity=False)
 volumes = st.none() | st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
-# Mostly anywhere within three days; sometimes a bucket edge, so duplicates and
-# boundary ticks (last ms of a bucket, first ms of the next) are common.
+# Mostly anywhere within three days; often a bucket edge or an exact repeat,
+# so same-millisecond ticks and boundary ticks (the last ms of a bucket, the
+# first of the next) are common.
 offsets = st.integers(0, 3 * DAY) | st.sampled_from(
     [0, 1, 59_999 - BASE_TS % 60_000, 60_000 - BASE_TS % 60_000, DAY - BASE_TS % DAY, 2 * DAY]
 )
@@ -190,77 +230,141 @@ def ticks_strategy(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-batches_strategy = st.lists(
-    st.lists(ticks_strategy(), min_size=0, max_size=30), min_size=1, max_size=3
+# Several imports in arrival order; each may hold ticks older than earlier ones.
+imports_strategy = st.lists(
+    st.lists(ticks_strategy(), min_size=0, max_size=30), min_size=1, max_size=4
 )
 
 
-# --- tests --------------------------------------------------------------------
+# --- the oracle property ------------------------------------------------------------
 
 
-def test_incremental_aggregation_matches_pandas(engine: Engine) -> None:
+def test_incremental_aggregation_matches_pandas_resample(engine: Engine) -> None:
     @settings(
-        max_examples=40,
+        max_examples=30,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(batches=batches_strategy)
-    def check(batches: list[list[dict[str, Any]]]) -> None:
+    @given(imports=imports_strategy, batch=st.integers(1, 40))
+    def check(imports: list[list[dict[str, Any]]], batch: int) -> None:
         clear(engine)
-        for number, batch in enumerate(batches):
-            insert(engine, batch)
-            aggregate(engine, now_ms=number + 1)
-            # After every run, not just the last: batches may hold late ticks
-            # that must rewrite buckets an earlier run already wrote.
+        job = aggregator(engine, batch_ticks=batch)
+        for rows in imports:
+            insert(engine, rows)
+            report = job.catch_up(SYMBOLS)
+            assert report.failed == []
+            # After every pass, not just the last: a later import may hold late
+            # ticks that must rewrite buckets an earlier pass already wrote.
             assert_matches_oracle(engine)
         with engine.connect() as conn:
             for symbol in SYMBOLS:
-                max_id = conn.execute(
-                    select(ticks.c.id)
-                    .where(ticks.c.symbol == symbol)
-                    .order_by(ticks.c.id.desc())
-                    .limit(1)
-                ).scalar()
-                assert get_cursor(conn, SERVICE, symbol) == max_id
+                newest = conn.execute(
+                    select(ticks.c.id).where(ticks.c.symbol == symbol).order_by(ticks.c.id.desc())
+                ).first()
+                position = get_position(conn, SERVICE, symbol)
+                assert position.id == (newest[0] if newest else 0)
 
     check()
 
 
+def test_new_york_rollover_matches_pandas_across_daylight_saving(engine: Engine) -> None:
+    # 2024-03-10 07:00 UTC (02:00 EST -> 03:00 EDT) and 2024-11-03 06:00 UTC.
+    spring = int(datetime(2024, 3, 8, tzinfo=UTC).timestamp() * 1000)
+    autumn = int(datetime(2024, 11, 1, tzinfo=UTC).timestamp() * 1000)
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        base=st.sampled_from([spring, autumn]),
+        offsets_ms=st.lists(st.integers(0, 4 * DAY), min_size=1, max_size=60),
+        batch=st.integers(1, 25),
+    )
+    def check(base: int, offsets_ms: list[int], batch: int) -> None:
+        clear(engine)
+        rows = [
+            tick("EUR/USD", off, price=1.0 + i / 100, base=base) for i, off in enumerate(offsets_ms)
+        ]
+        insert(engine, rows)
+        aggregator(engine, rollover="new_york_17", batch_ticks=batch).catch_up(["EUR/USD"])
+        assert_matches_oracle(engine, rollover="new_york_17")
+
+    check()
+
+
+# --- rules, one by one ------------------------------------------------------------------
+
+
+def test_new_york_days_start_at_five_pm_local_whatever_the_season() -> None:
+    def ms(*args: int) -> int:
+        return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
+
+    # Winter (EST, UTC-5): 17:00 New York is 22:00 UTC.
+    assert bucket_start(ms(2024, 1, 10, 21, 59), "1d", "new_york_17") == ms(2024, 1, 9, 22)
+    assert bucket_start(ms(2024, 1, 10, 22, 0), "1d", "new_york_17") == ms(2024, 1, 10, 22)
+    # Summer (EDT, UTC-4): 21:00 UTC.
+    assert bucket_start(ms(2024, 7, 10, 21, 0), "1d", "new_york_17") == ms(2024, 7, 10, 21)
+    # The day holding the spring change is 23 hours long, the autumn one 25.
+    spring = day_bounds(ms(2024, 3, 9, 12), ms(2024, 3, 11, 12), "new_york_17")
+    assert [(e - s) // HOUR for s, e in spring] == [24, 23, 24]
+    assert spring[1][0] == ms(2024, 3, 9, 22) and spring[1][1] == ms(2024, 3, 10, 21)
+    autumn = day_bounds(ms(2024, 11, 2, 12), ms(2024, 11, 3, 21), "new_york_17")
+    assert [(e - s) // HOUR for s, e in autumn] == [24, 25]
+    # UTC days and fixed buckets stay on the epoch grid.
+    assert bucket_start(1_700_000_000_000, "1d") == 1_699_920_000_000
+    assert bucket_start(1_700_000_000_000, "4h") == 1_699_992_000_000
+
+
 def test_late_tick_rewrites_its_old_bucket(engine: Engine) -> None:
-    insert(engine, [tick("EURUSD", 0, price=1.0), tick("EURUSD", DAY, price=2.0)])
-    aggregate(engine)
+    job = aggregator(engine)
+    insert(engine, [tick("EUR/USD", 0, price=1.0), tick("EUR/USD", DAY, price=2.0)])
+    job.catch_up(["EUR/USD"])
     # Older than everything so far, and the new low: open and low of day one change.
-    insert(engine, [tick("EURUSD", -1, price=0.5, volume=3.0)])
-    assert aggregate(engine)["EURUSD"] > 0
+    insert(engine, [tick("EUR/USD", -1, price=0.5, volume=3.0)])
+    assert job.catch_up(["EUR/USD"]).candles > 0
     assert_matches_oracle(engine)
     day_one = bucket_start(BASE_TS - 1, "1d")
-    open_, _, low, close, volume, count = stored(engine)[("EURUSD", "1d", day_one)]
+    open_, _, low, close, volume, count = stored(engine)[("EUR/USD", "1d", day_one)]
     assert (open_, low, close, volume, count) == (0.5, 0.5, 1.0, 3.0, 2)
 
 
 def test_open_and_close_break_timestamp_ties_by_id(engine: Engine) -> None:
-    insert(engine, [tick("GBPUSD", 0, price=p) for p in (3.0, 1.0, 2.0)])
-    aggregate(engine)
-    key = ("GBPUSD", "1m", bucket_start(BASE_TS, "1m"))
+    insert(engine, [tick("GBP/USD", 0, price=p) for p in (3.0, 1.0, 2.0)])
+    aggregator(engine).catch_up(["GBP/USD"])
+    key = ("GBP/USD", "1m", bucket_start(BASE_TS, "1m"))
     assert stored(engine)[key] == (3.0, 3.0, 1.0, 2.0, 0.0, 3)
 
 
 def test_mid_price_is_used_when_there_is_no_trade_price(engine: Engine) -> None:
-    insert(engine, [tick("USDJPY", 0, bid=150.0, ask=150.02)])
-    aggregate(engine)
-    key = ("USDJPY", "1h", bucket_start(BASE_TS, "1h"))
+    insert(engine, [tick("USD/JPY", 0, bid=150.0, ask=150.02)])
+    aggregator(engine).catch_up(["USD/JPY"])
+    key = ("USD/JPY", "1h", bucket_start(BASE_TS, "1h"))
     mid = (150.0 + 150.02) / 2
     assert stored(engine)[key] == (mid, mid, mid, mid, 0.0, 1)
 
 
+def test_empty_buckets_get_no_rows(engine: Engine) -> None:
+    friday = int(datetime(2024, 1, 5, 21, 59, tzinfo=UTC).timestamp() * 1000)
+    monday = int(datetime(2024, 1, 8, 0, 1, tzinfo=UTC).timestamp() * 1000)
+    insert(engine, [tick("EUR/USD", 0, base=friday), tick("EUR/USD", 0, base=monday)])
+    aggregator(engine).catch_up(["EUR/USD"])
+    days = sorted(ts for (_, tf, ts) in stored(engine) if tf == "1d")
+    assert days == [bucket_start(friday, "1d"), bucket_start(monday, "1d")]
+
+
+def test_one_minute_candles_are_kept_even_when_not_configured(engine: Engine) -> None:
+    insert(engine, [tick("EUR/USD", i * 61_000, price=1.0 + i) for i in range(5)])
+    aggregator(engine, timeframes=["1h"]).catch_up(["EUR/USD"])
+    assert {tf for (_, tf, _) in stored(engine)} == {"1m", "1h"}
+
+
 def test_run_without_new_ticks_writes_nothing(engine: Engine) -> None:
-    insert(engine, [tick("EURUSD", i * 7_000, price=1.0 + i / 100) for i in range(50)])
-    aggregate(engine, now_ms=1_000)
+    insert(engine, [tick("EUR/USD", i * 7_000, price=1.0 + i / 100) for i in range(50)])
+    aggregator(engine, now_ms=lambda: 1_000).catch_up(SYMBOLS)
     before = snapshot(engine)
     assert before[0] and before[1]
 
     with capture_sql(engine) as statements:
-        assert aggregate(engine, now_ms=2_000) == dict.fromkeys(SYMBOLS, 0)
+        report = aggregator(engine, now_ms=lambda: 2_000).catch_up(SYMBOLS)
+    assert (report.ticks, report.candles) == (0, 0)
     writes = [
         s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
     ]
@@ -268,39 +372,127 @@ def test_run_without_new_ticks_writes_nothing(engine: Engine) -> None:
     assert snapshot(engine) == before  # updated_ms included: nothing was rewritten
 
 
-def test_aborted_transaction_leaves_candles_and_cursor_unchanged(engine: Engine) -> None:
-    insert(engine, [tick("EURUSD", i * 61_000, price=1.0 + i) for i in range(10)])
-    aggregate(engine, now_ms=1_000)
-    before = snapshot(engine)
-
-    insert(engine, [tick("EURUSD", 5, price=0.25), tick("USDJPY", 10, price=150.0)])
-    with pytest.raises(RuntimeError, match="killed"), engine.begin() as conn:
-        written = aggregate_candles(conn, SERVICE, SYMBOLS, ALL_TF, 2_000)
-        assert written["EURUSD"] > 0 and written["USDJPY"] > 0
-        raise RuntimeError("killed before commit")
-    assert snapshot(engine) == before
-
-    aggregate(engine, now_ms=3_000)
-    assert_matches_oracle(engine)
+def test_a_kill_before_any_statement_loses_and_doubles_nothing(engine: Engine) -> None:
+    first = [tick("EUR/USD", i * 61_000, price=1.0 + i) for i in range(6)]
+    late = [tick("EUR/USD", 5, price=0.25), tick("USD/JPY", 10, price=150.0)]
+    number = 0
+    while True:
+        number += 1
+        clear(engine)
+        insert(engine, first)
+        job = aggregator(engine, batch_ticks=3)
+        job.catch_up(["EUR/USD", "USD/JPY"])
+        insert(engine, late)
+        with killed_at_statement(engine, number):
+            try:
+                job.catch_up(["EUR/USD", "USD/JPY"])
+            except Killed:
+                pass
+            else:
+                break  # the pass ran to its end before statement `number`: all covered
+        job.catch_up(["EUR/USD", "USD/JPY"])
+        assert_matches_oracle(engine)
+    assert number > 10
 
 
 def test_cursors_are_per_service(engine: Engine) -> None:
-    insert(engine, [tick("EURUSD", 0, price=1.0)])
-    aggregate(engine)
+    insert(engine, [tick("EUR/USD", 0, price=1.0)])
+    aggregator(engine).catch_up(["EUR/USD"])
+    replay = aggregator(engine, service="replay", timeframes=["1m"])
+    assert replay.catch_up(["EUR/USD"]).ticks == 1
+    assert replay.catch_up(["EUR/USD"]).ticks == 0
+
+
+def test_unknown_timeframe_or_rollover_is_refused_before_any_work(engine: Engine) -> None:
+    with pytest.raises(ValueError, match=r"'2m'.*expected some of 1m, 5m"):
+        aggregator(engine, timeframes=["1m", "2m"])
+    with pytest.raises(ValueError, match="rollover 'tokyo'"):
+        aggregator(engine, rollover="tokyo")
+
+
+def test_freshness_lag_is_newest_tick_minus_newest_folded_tick(engine: Engine) -> None:
+    insert(engine, [tick("EUR/USD", 0), tick("EUR/USD", 30_000)])
+    job = aggregator(engine)
+    assert job.catch_up(["EUR/USD"]).symbols["EUR/USD"].lag_ms == 0
+    assert job.catch_up(["NO/TICKS"]).symbols["NO/TICKS"].lag_ms is None
+
+
+# --- faults ------------------------------------------------------------------------------
+
+_BAD = "BAD/SYM"
+
+
+def _fail_candles_of(engine: Engine, symbol: str) -> None:
+    """A database-side fault for one symbol only: a trigger that refuses its candles."""
     with engine.begin() as conn:
-        assert aggregate_candles(conn, "replay", ["EURUSD"], ["1m"], 5) == {"EURUSD": 1}
-        assert aggregate_candles(conn, "replay", ["EURUSD"], ["1m"], 6) == {"EURUSD": 0}
+        if conn.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_bad BEFORE INSERT ON candles "
+                    f"WHEN NEW.symbol = '{symbol}' BEGIN SELECT RAISE(ABORT, 'corrupt symbol'); END"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE OR REPLACE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                    f"BEGIN IF NEW.symbol = '{symbol}' THEN RAISE EXCEPTION 'corrupt symbol'; "
+                    "END IF; RETURN NEW; END $$"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_bad BEFORE INSERT ON candles "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_bad()"
+                )
+            )
 
 
-def test_unknown_timeframe_is_refused_before_any_work(engine: Engine) -> None:
-    insert(engine, [tick("EURUSD", 0, price=1.0)])
-    with pytest.raises(ValueError, match=r"'2m'.*expected some of 1m, 5m"), engine.begin() as conn:
-        aggregate_candles(conn, SERVICE, ["EURUSD"], ["1m", "2m"], 1)
-    assert stored(engine) == {}
+def test_a_fault_in_one_symbol_spares_the_others(engine: Engine) -> None:
+    _fail_candles_of(engine, _BAD)
+    insert(engine, [tick(s, 0, price=1.0) for s in ("EUR/USD", _BAD, "USD/JPY")])
+    report = aggregator(engine).catch_up(["EUR/USD", _BAD, "USD/JPY"])
+    assert report.failed == [_BAD]
+    assert "corrupt symbol" in (report.symbols[_BAD].error or "")
+    assert {s for (s, _, _) in stored(engine)} == {"EUR/USD", "USD/JPY"}
+    with engine.connect() as conn:
+        assert get_position(conn, SERVICE, _BAD).id == 0  # retried on the next pass
 
 
-def test_daily_buckets_start_at_utc_midnight() -> None:
-    # 2023-11-14T22:13:20Z
-    assert bucket_start(1_700_000_000_000, "1d") == 1_699_920_000_000
-    assert bucket_start(1_700_000_000_000, "4h") == 1_699_992_000_000
-    assert bucket_start(1_699_920_000_000, "1d") == 1_699_920_000_000
+def test_every_symbol_failing_fails_the_pass(engine: Engine) -> None:
+    _fail_candles_of(engine, _BAD)
+    insert(engine, [tick(_BAD, 0, price=1.0)])
+    with pytest.raises(Exception, match="corrupt symbol"):
+        aggregator(engine).catch_up([_BAD])
+
+
+def test_a_database_fault_fails_the_pass_at_once() -> None:
+    unreachable = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    try:
+        with pytest.raises(OperationalError):
+            CandleAggregator(unreachable).catch_up(["EUR/USD", "USD/JPY"])
+    finally:
+        unreachable.dispose()
+
+
+@pytest.mark.postgres
+def test_a_tick_committed_after_a_higher_id_is_not_skipped(pg_url: str) -> None:
+    """PostgreSQL sequences do not commit in order; the (txid, id) cursor must not care."""
+    engine = make_engine(pg_url)
+    try:
+        clear(engine)
+        slow = engine.connect()
+        slow_tx = slow.begin()
+        insert_ticks(slow, [tick("EUR/USD", 0, price=1.0)])  # takes the lower id
+        insert(engine, [tick("EUR/USD", 1_000, price=2.0)])  # higher id, committed first
+        job = aggregator(engine)
+        job.catch_up(["EUR/USD"])  # the slow writer is still open
+        assert stored(engine) == {}  # nothing claimed past a transaction still running
+        slow_tx.commit()
+        slow.close()
+        job.catch_up(["EUR/USD"])
+        key = ("EUR/USD", "1m", bucket_start(BASE_TS, "1m"))
+        assert stored(engine)[key][5] == 2  # both ticks, whatever order they committed in
+        assert_matches_oracle(engine)
+    finally:
+        engine.dispose()

@@ -291,6 +291,10 @@ class CandleServiceConfig(ServiceConfig):
     timeframes: Annotated[list[Timeframe], AfterValidator(_non_empty_unique)] = Field(
         default_factory=lambda: list(TIMEFRAMES)
     )
+    #: Where a 1d candle starts: UTC midnight, or 17:00 New York (FX convention).
+    daily_rollover: Literal["utc", "new_york_17"] = "utc"
+    #: Ticks folded per transaction while catching up a backlog.
+    batch_ticks: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
 class ServicesConfig(_Model):

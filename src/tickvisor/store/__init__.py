@@ -7,34 +7,44 @@ so re-exporting them here would make ``tickvisor.store.ticks`` mean the table
 or the module depending on import order.
 """
 
-from tickvisor.store.candles import TIMEFRAMES, aggregate_candles, bucket_start
-from tickvisor.store.cursors import get_cursor, set_cursor
+from tickvisor.store.buckets import TIMEFRAMES, bucket_start, day_bounds
+from tickvisor.store.candles import CandleAggregator, CatchUpReport, SymbolProgress
+from tickvisor.store.cursors import TickPosition, get_cursor, get_position, set_cursor
 from tickvisor.store.engine import (
     DEFAULT_DB_URL,
     DatabaseUnavailable,
     check_connection,
     ensure_schema,
+    is_database_fault,
     make_engine,
     open_database,
     safe_url,
 )
 from tickvisor.store.schema import metadata, upsert
-from tickvisor.store.ticks import insert_ticks
+from tickvisor.store.ticks import insert_ticks, tick_keys, visible_horizon
 
 __all__ = [
     "DEFAULT_DB_URL",
     "TIMEFRAMES",
+    "CandleAggregator",
+    "CatchUpReport",
     "DatabaseUnavailable",
-    "aggregate_candles",
+    "SymbolProgress",
+    "TickPosition",
     "bucket_start",
     "check_connection",
+    "day_bounds",
     "ensure_schema",
     "get_cursor",
+    "get_position",
     "insert_ticks",
+    "is_database_fault",
     "make_engine",
     "metadata",
     "open_database",
     "safe_url",
     "set_cursor",
+    "tick_keys",
     "upsert",
+    "visible_horizon",
 ]

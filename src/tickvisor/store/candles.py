@@ -1,171 +1,429 @@
-"""Ticks to OHLCV candles, incrementally, with the database doing the work.
+"""Ticks to OHLCV candles, incrementally and exactly once, with the database doing the work.
 
-Per symbol, a progress cursor holds the last tick id already folded into the
-candles. An iteration looks only at ticks past the cursor to decide *which*
-buckets changed (those from the oldest new tick onward), then recomputes
-those buckets *from the ticks table* in one ``INSERT ... SELECT ... ON
-CONFLICT DO UPDATE`` per timeframe. Recomputing instead of merging deltas is
-what makes the job idempotent and lets late ticks land in old buckets
-correctly; doing it in SQL keeps millions of rows out of Python.
+Per symbol, a progress cursor holds the :class:`TickPosition` of the last
+tick already folded into the candles. One *fold* claims the next batch of
+ticks past the cursor, and then, all in one transaction:
 
-The caller wraps one call in one transaction, so the candles and the cursor
-move together or not at all.
+1. notes the distinct 1m buckets those ticks fall in (a temporary table);
+2. recomputes those 1m candles **from every tick in them**, old and new, in
+   one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``;
+3. rolls each higher timeframe up from the 1m candles of the buckets that
+   changed, again one statement per timeframe;
+4. moves the cursor to the last claimed tick.
+
+Recomputing instead of adding deltas is what makes a fold idempotent and
+lets a late tick land in an old bucket correctly; a fold that is killed
+before its commit leaves nothing behind, and the next one redoes it. Python
+only ever sees positions and counts, never the ticks themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     ColumnElement,
     Connection,
+    Engine,
     Float,
+    FromClause,
+    Integer,
+    MetaData,
     Select,
     String,
-    case,
+    Table,
+    and_,
+    delete,
     func,
+    insert,
     literal,
     literal_column,
     select,
+    tuple_,
 )
 
-from tickvisor.store.cursors import get_cursor, set_cursor
+from tickvisor.store.buckets import (
+    BASE_TIMEFRAME,
+    TIMEFRAMES,
+    check_rollover,
+    check_timeframes,
+    day_bounds,
+    is_calendar,
+)
+from tickvisor.store.cursors import TickPosition, get_position, set_position
+from tickvisor.store.engine import is_database_fault
 from tickvisor.store.schema import candles, ticks, upsert
+from tickvisor.store.ticks import visible_horizon
 
-#: Bucket width per timeframe, in ms; buckets are aligned to the UTC epoch.
-TIMEFRAMES: dict[str, int] = {
-    "1m": 60_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "4h": 14_400_000,
-    "1d": 86_400_000,
-}
+#: Ticks claimed per transaction: long enough to amortise the per-fold work,
+#: short enough that SQLite's single write lock is never held for long.
+DEFAULT_BATCH_TICKS = 100_000
 
-_CANDLE_VALUES = ("open", "high", "low", "close", "volume", "tick_count", "updated_ms")
+_CANDLE_KEY = ("symbol", "timeframe", "ts_ms")
+_CANDLE_VALUES = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "tick_count",
+    "last_tick_ms",
+    "updated_ms",
+)
+
+# Scratch tables, private to a connection. On SQLite an INTEGER PRIMARY KEY
+# is the rowid, so scanning the changed buckets yields them in order and the
+# GROUP BY over them needs no sort.
+_scratch = MetaData()
+_Bucket = BigInteger().with_variant(Integer, "sqlite")
+changed_buckets = Table(
+    "tv_changed_buckets",
+    _scratch,
+    Column("b", _Bucket, primary_key=True, autoincrement=False),
+    prefixes=["TEMPORARY"],
+)
+calendar_buckets = Table(
+    "tv_calendar_buckets",
+    _scratch,
+    Column("start", _Bucket, primary_key=True, autoincrement=False),
+    Column("end", BigInteger, nullable=False),
+    prefixes=["TEMPORARY"],
+)
 
 
-def bucket_start(ts_ms: int, timeframe: str) -> int:
-    """The start of the ``timeframe`` bucket holding ``ts_ms`` (UTC-aligned)."""
-    width = TIMEFRAMES[timeframe]
-    return ts_ms - ts_ms % width
+@dataclass
+class SymbolProgress:
+    """What folding one symbol did, for logs and metrics."""
+
+    symbol: str
+    ticks: int = 0
+    candles: int = 0
+    folds: int = 0
+    #: Newest tick time minus the newest tick the 1m candles include, in ms.
+    lag_ms: int | None = None
+    error: str | None = None
+    error_type: str | None = None
 
 
-def _bucket_expr(ts: ColumnElement[Any], timeframe: str) -> ColumnElement[Any]:
-    """The SQL twin of :func:`bucket_start`; the two must always agree.
+@dataclass
+class CatchUpReport:
+    """One catch-up pass over a list of symbols."""
+
+    symbols: dict[str, SymbolProgress] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ticks(self) -> int:
+        return sum(p.ticks for p in self.symbols.values())
+
+    @property
+    def candles(self) -> int:
+        return sum(p.candles for p in self.symbols.values())
+
+    @property
+    def failed(self) -> list[str]:
+        return [s for s, p in self.symbols.items() if p.error is not None]
+
+
+class CandleAggregator:
+    """The candle job itself: the actor's iteration and ``tickvisor aggregate`` both run it.
+
+    ``timeframes`` always gains ``1m``, because every other timeframe is
+    rolled up from it. Each fold is its own transaction, so a backlog of any
+    size is caught up in bounded memory and bounded lock time.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        service: str = "candles",
+        timeframes: Sequence[str] = tuple(TIMEFRAMES),
+        rollover: str = "utc",
+        batch_ticks: int = DEFAULT_BATCH_TICKS,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        check_timeframes(list(timeframes))
+        check_rollover(rollover)
+        if batch_ticks < 1:
+            raise ValueError(f"batch_ticks must be >= 1, got {batch_ticks}")
+        self.engine = engine
+        self.service = service
+        self.rollups = [tf for tf in TIMEFRAMES if tf in timeframes and tf != BASE_TIMEFRAME]
+        self.rollover = rollover
+        self.batch_ticks = batch_ticks
+        self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+
+    def catch_up(self, symbols: Sequence[str]) -> CatchUpReport:
+        """Fold every symbol up to the newest visible tick; one symbol's fault spares the rest.
+
+        A fault of the database itself (connection lost, locked, disk full)
+        is raised at once: no other symbol would fare better, and the
+        caller's circuit breaker has to see it. Any other error is recorded
+        against its symbol, and raised only if every symbol failed.
+        """
+        started = time.perf_counter()
+        report = CatchUpReport()
+        first_error: Exception | None = None
+        for symbol in symbols:
+            progress = SymbolProgress(symbol)
+            report.symbols[symbol] = progress
+            try:
+                self._fold_until_done(progress)
+            except Exception as exc:
+                if is_database_fault(exc):
+                    raise
+                progress.error = str(exc).splitlines()[0][:500] if str(exc) else repr(exc)
+                progress.error_type = type(exc).__name__
+                first_error = first_error or exc
+        report.seconds = time.perf_counter() - started
+        if first_error is not None and len(report.failed) == len(symbols):
+            raise first_error
+        return report
+
+    def fold(self, symbol: str) -> SymbolProgress:
+        """One fold (at most ``batch_ticks`` ticks) for ``symbol``, in one transaction."""
+        progress = SymbolProgress(symbol)
+        with self.engine.begin() as conn:
+            self._fold_once(conn, progress)
+        return progress
+
+    def _fold_until_done(self, progress: SymbolProgress) -> None:
+        while True:
+            with self.engine.begin() as conn:
+                claimed = self._fold_once(conn, progress)
+                if claimed < self.batch_ticks:
+                    progress.lag_ms = freshness_lag_ms(conn, progress.symbol)
+                    return
+
+    def _fold_once(self, conn: Connection, progress: SymbolProgress) -> int:
+        symbol = progress.symbol
+        start = get_position(conn, self.service, symbol)
+        horizon = visible_horizon(conn)
+        end = _claim_end(conn, symbol, start, horizon, self.batch_ticks)
+        if end is None:
+            return 0
+        now = self._now_ms()
+        claimed = _tick_range(symbol, start, end, by_txid=horizon is not None)
+        count = conn.execute(select(func.count()).select_from(ticks).where(claimed)).scalar_one()
+
+        _reset_scratch(conn, changed_buckets)
+        conn.execute(
+            insert(changed_buckets).from_select(
+                ["b"], select(_floor(ticks.c.ts_ms, BASE_TIMEFRAME)).distinct().where(claimed)
+            )
+        )
+        written = upsert(conn, candles, _minute_candles(symbol, now), _CANDLE_KEY, _CANDLE_VALUES)
+        for timeframe in self.rollups:
+            buckets = self._changed_buckets(conn, timeframe)
+            written += upsert(
+                conn,
+                candles,
+                _rolled_up(symbol, timeframe, buckets, now),
+                _CANDLE_KEY,
+                _CANDLE_VALUES,
+            )
+        set_position(conn, self.service, symbol, end, now)
+        progress.ticks += int(count)
+        progress.candles += written
+        progress.folds += 1
+        return int(count)
+
+    def _changed_buckets(self, conn: Connection, timeframe: str) -> FromClause:
+        """``(start, end)`` of each ``timeframe`` bucket holding a changed 1m bucket."""
+        minute = changed_buckets.c.b
+        if not is_calendar(timeframe, self.rollover):
+            start = _floor(minute, timeframe)
+            width = literal_column(str(TIMEFRAMES[timeframe]), BigInteger)
+            return select(start.label("start"), (start + width).label("end")).distinct().subquery()
+        # Days of 23 or 25 hours: their bounds come from the tz database, for
+        # just the span the changed minutes cover (a handful of rows).
+        first, last = conn.execute(select(func.min(minute), func.max(minute))).one()
+        _reset_scratch(conn, calendar_buckets)
+        conn.execute(
+            insert(calendar_buckets),
+            [{"start": s, "end": e} for s, e in day_bounds(int(first), int(last), self.rollover)],
+        )
+        day = calendar_buckets
+        return (
+            select(day.c.start, day.c.end)
+            .distinct()
+            .select_from(changed_buckets.join(day, and_(minute >= day.c.start, minute < day.c.end)))
+            .subquery()
+        )
+
+
+def freshness_lag_ms(conn: Connection, symbol: str) -> int | None:
+    """Newest tick time minus the newest tick the 1m candles include (None without ticks).
+
+    A live candle's bucket *end* lies in the future, so it cannot say how
+    far behind the candles are; the time of its last tick can.
+    """
+    newest_tick = conn.execute(
+        select(func.max(ticks.c.ts_ms)).where(ticks.c.symbol == symbol)
+    ).scalar_one()
+    if newest_tick is None:
+        return None
+    newest_folded = conn.execute(
+        select(func.max(candles.c.last_tick_ms)).where(
+            candles.c.symbol == symbol, candles.c.timeframe == BASE_TIMEFRAME
+        )
+    ).scalar_one()
+    if newest_folded is None:
+        return None
+    return max(0, int(newest_tick) - int(newest_folded))
+
+
+# --- statements ------------------------------------------------------------------------
+
+
+def _floor(ts: ColumnElement[Any], timeframe: str) -> ColumnElement[Any]:
+    """The SQL twin of fixed-width :func:`~tickvisor.store.buckets.bucket_start`.
 
     Timestamps are non-negative epoch milliseconds, for which SQL's ``%``
-    (truncating) and Python's (flooring) give the same answer. The width is
-    inlined as a literal: it comes from :data:`TIMEFRAMES`, never from input,
-    and a literal keeps PostgreSQL's integer typing (bigint % integer) exact.
+    (truncating) and Python's (flooring) agree. The width is inlined: it
+    comes from :data:`TIMEFRAMES`, never from input, and a literal keeps
+    PostgreSQL's integer typing (bigint % integer) exact.
     """
     width = literal_column(str(TIMEFRAMES[timeframe]), BigInteger)
     return ts - ts % width
 
 
-def _new_ticks(conn: Connection, symbol: str, cursor: int | None) -> tuple[int, int] | None:
-    """(max id, min ts_ms) of the ticks past the cursor, or None if there are none."""
-    query = select(func.max(ticks.c.id), func.min(ticks.c.ts_ms)).where(ticks.c.symbol == symbol)
-    if cursor is not None:
-        query = query.where(ticks.c.id > cursor)
-    max_id, min_ts = conn.execute(query).one()
-    if max_id is None:
-        return None
-    return int(max_id), int(min_ts)
+def _tick_range(
+    symbol: str, after: TickPosition, through: TickPosition | None, by_txid: bool
+) -> ColumnElement[bool]:
+    """Ticks of ``symbol`` past ``after`` (and up to ``through``), in index-friendly form.
 
-
-def _candle_select(
-    symbol: str, timeframe: str, start_ms: int, max_id: int, now_ms: int
-) -> Select[Any]:
-    """Every candle of ``symbol`` from bucket ``start_ms`` onward, built from ticks.
-
-    ``open``/``close`` are the prices of the first/last tick by (ts_ms, id),
-    picked with ROW_NUMBER so equal timestamps resolve the same way on both
-    dialects. Ticks past ``max_id`` are left out, so the candles written are
-    exactly those of the ticks the cursor will claim.
+    Without transaction ids (SQLite: every ``txid`` is 0) the id alone orders
+    ticks; spelling that out as ``txid = 0 AND id > ?`` lets SQLite seek the
+    (symbol, txid, id) index, which it does not do for a row-value range.
+    PostgreSQL seeks a row comparison directly.
     """
-    bucket = _bucket_expr(ticks.c.ts_ms, timeframe)
-    price = func.coalesce(ticks.c.price, (ticks.c.bid + ticks.c.ask) / literal_column("2", Float))
-    volume = func.coalesce(ticks.c.volume, literal_column("0.0", Float))
-    priced = (
-        select(
-            bucket.label("bucket"),
-            price.label("px"),
-            volume.label("vol"),
-            func.row_number()
-            .over(partition_by=bucket, order_by=(ticks.c.ts_ms.asc(), ticks.c.id.asc()))
-            .label("rn_first"),
-            func.row_number()
-            .over(partition_by=bucket, order_by=(ticks.c.ts_ms.desc(), ticks.c.id.desc()))
-            .label("rn_last"),
-        )
-        .where(ticks.c.symbol == symbol, ticks.c.ts_ms >= start_ms, ticks.c.id <= max_id)
-        .subquery("priced")
+    if not by_txid:
+        bounds = [ticks.c.txid == after.txid, ticks.c.id > after.id]
+        if through is not None:
+            bounds.append(ticks.c.id <= through.id)
+        return and_(ticks.c.symbol == symbol, *bounds)
+    position = tuple_(ticks.c.txid, ticks.c.id)
+    clause = and_(
+        ticks.c.symbol == symbol, position > tuple_(literal(after.txid), literal(after.id))
     )
+    if through is not None:
+        clause = and_(clause, position <= tuple_(literal(through.txid), literal(through.id)))
+    return clause
+
+
+def _claim_end(
+    conn: Connection, symbol: str, after: TickPosition, horizon: int | None, batch: int
+) -> TickPosition | None:
+    """The position of the last tick the next fold claims, or None when there is none."""
+    query = select(ticks.c.txid, ticks.c.id).where(
+        _tick_range(symbol, after, None, by_txid=horizon is not None)
+    )
+    if horizon is not None:
+        query = query.where(ticks.c.txid < horizon)
+    row = conn.execute(query.order_by(ticks.c.txid, ticks.c.id).offset(batch - 1).limit(1)).first()
+    if row is None:
+        row = conn.execute(query.order_by(ticks.c.txid.desc(), ticks.c.id.desc()).limit(1)).first()
+    return None if row is None else TickPosition(int(row[0]), int(row[1]))
+
+
+def _reset_scratch(conn: Connection, table: Table) -> None:
+    table.create(conn, checkfirst=True)
+    conn.execute(delete(table))
+
+
+def _price(t: FromClause) -> ColumnElement[Any]:
+    """The tick's trade price, or its mid when it has none."""
+    return func.coalesce(t.c.price, (t.c.bid + t.c.ask) / literal_column("2.0", Float))
+
+
+def _minute_candles(symbol: str, now_ms: int) -> Select[Any]:
+    """Every changed 1m candle of ``symbol``, recomputed from all of its ticks.
+
+    ``open``/``close`` are the first/last tick by (ts_ms, id): one indexed
+    lookup per bucket, cheaper than numbering every row with a window.
+    """
+    bucket = changed_buckets.c.b
+    width = literal_column(str(TIMEFRAMES[BASE_TIMEFRAME]), BigInteger)
+
+    def in_bucket(t: FromClause) -> ColumnElement[bool]:
+        return and_(t.c.symbol == symbol, t.c.ts_ms >= bucket, t.c.ts_ms < bucket + width)
+
+    def edge(descending: bool) -> Any:
+        t = ticks.alias("edge")
+        order = (t.c.ts_ms.desc(), t.c.id.desc()) if descending else (t.c.ts_ms, t.c.id)
+        return select(_price(t)).where(in_bucket(t)).order_by(*order).limit(1).scalar_subquery()
+
+    price = _price(ticks)
+    return (
+        select(
+            literal(symbol, String(32)).label("symbol"),
+            literal(BASE_TIMEFRAME, String(8)).label("timeframe"),
+            bucket.label("ts_ms"),
+            edge(descending=False).label("open"),
+            func.max(price).label("high"),
+            func.min(price).label("low"),
+            edge(descending=True).label("close"),
+            func.sum(func.coalesce(ticks.c.volume, literal_column("0.0", Float))).label("volume"),
+            func.count().label("tick_count"),
+            func.max(ticks.c.ts_ms).label("last_tick_ms"),
+            literal(now_ms, BigInteger).label("updated_ms"),
+        )
+        .select_from(changed_buckets.join(ticks, in_bucket(ticks)))
+        # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT, or it
+        # reads ON CONFLICT as the join's ON clause.
+        .where(ticks.c.symbol == symbol)
+        .group_by(bucket)
+    )
+
+
+def _rolled_up(symbol: str, timeframe: str, buckets: FromClause, now_ms: int) -> Select[Any]:
+    """``timeframe`` candles of the changed ``buckets``, from the 1m candles inside them."""
+
+    def in_bucket(c: FromClause) -> ColumnElement[bool]:
+        return and_(
+            c.c.symbol == symbol,
+            c.c.timeframe == BASE_TIMEFRAME,
+            c.c.ts_ms >= buckets.c.start,
+            c.c.ts_ms < buckets.c.end,
+        )
+
+    def edge(column: str, descending: bool) -> Any:
+        c = candles.alias("edge")
+        order = c.c.ts_ms.desc() if descending else c.c.ts_ms
+        return select(c.c[column]).where(in_bucket(c)).order_by(order).limit(1).scalar_subquery()
+
+    minute = candles.alias("minute")
     return (
         select(
             literal(symbol, String(32)).label("symbol"),
             literal(timeframe, String(8)).label("timeframe"),
-            priced.c.bucket.label("ts_ms"),
-            func.max(case((priced.c.rn_first == 1, priced.c.px))).label("open"),
-            func.max(priced.c.px).label("high"),
-            func.min(priced.c.px).label("low"),
-            func.max(case((priced.c.rn_last == 1, priced.c.px))).label("close"),
-            func.sum(priced.c.vol).label("volume"),
-            func.count().label("tick_count"),
+            buckets.c.start.label("ts_ms"),
+            edge("open", descending=False).label("open"),
+            func.max(minute.c.high).label("high"),
+            func.min(minute.c.low).label("low"),
+            edge("close", descending=True).label("close"),
+            func.sum(minute.c.volume).label("volume"),
+            func.sum(minute.c.tick_count).label("tick_count"),
+            func.max(minute.c.last_tick_ms).label("last_tick_ms"),
             literal(now_ms, BigInteger).label("updated_ms"),
         )
-        # Redundant with the inner filter, but SQLite needs *some* WHERE in an
-        # INSERT ... SELECT ... ON CONFLICT, or it parses ON as a join clause.
-        .where(priced.c.bucket >= start_ms)
-        .group_by(priced.c.bucket)
+        .select_from(buckets.join(minute, in_bucket(minute)))
+        .where(minute.c.symbol == symbol)
+        .group_by(buckets.c.start, buckets.c.end)
     )
 
 
-def aggregate_candles(
-    conn: Connection,
-    service: str,
-    symbols: Sequence[str],
-    timeframes: Sequence[str],
-    now_ms: int,
-) -> dict[str, int]:
-    """Fold the ticks that arrived since the last run into candles; returns rows per symbol.
-
-    Run it inside one transaction (``with engine.begin() as conn``): a crash
-    or an exception before the commit leaves both candles and cursors as
-    they were, and the next run redoes the same work. A symbol with no new
-    ticks costs one indexed read and writes nothing.
-    """
-    unknown = [tf for tf in timeframes if tf not in TIMEFRAMES]
-    if unknown:
-        raise ValueError(
-            f"aggregate_candles: unknown timeframe(s) {', '.join(map(repr, unknown))}; "
-            f"expected some of {', '.join(TIMEFRAMES)}"
-        )
-    written: dict[str, int] = {}
-    for symbol in symbols:
-        written[symbol] = 0
-        cursor = get_cursor(conn, service, symbol)
-        new = _new_ticks(conn, symbol, cursor)
-        if new is None:
-            continue
-        max_id, min_ts = new
-        for timeframe in timeframes:
-            query = _candle_select(
-                symbol, timeframe, bucket_start(min_ts, timeframe), max_id, now_ms
-            )
-            written[symbol] += upsert(
-                conn,
-                candles,
-                query,
-                index_elements=("symbol", "timeframe", "ts_ms"),
-                update_columns=_CANDLE_VALUES,
-            )
-        set_cursor(conn, service, symbol, max_id, now_ms)
-    return written
-
-
-__all__ = ["TIMEFRAMES", "aggregate_candles", "bucket_start"]
+__all__ = [
+    "DEFAULT_BATCH_TICKS",
+    "CandleAggregator",
+    "CatchUpReport",
+    "SymbolProgress",
+    "freshness_lag_ms",
+]

@@ -14,7 +14,15 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
 from tickvisor.store.schema import metadata
@@ -183,6 +191,19 @@ def ensure_schema(engine: Engine) -> None:
     ) from last
 
 
+def is_database_fault(exc: BaseException) -> bool:
+    """True when ``exc`` says the database itself failed, not the statement or its data.
+
+    Lost connections, timeouts, locks, a full disk: any other statement would
+    fail the same way, so work must stop and the circuit breaker must see it.
+    An integrity or data error, by contrast, belongs to the rows at hand.
+    """
+    return isinstance(
+        exc,
+        OperationalError | InterfaceError | DisconnectionError | PoolTimeout | DatabaseUnavailable,
+    )
+
+
 def open_database(url: str | URL | None = None) -> Engine:
     """A connected engine with the schema in place: what every command starts with."""
     engine = make_engine(url)
@@ -200,6 +221,7 @@ __all__ = [
     "DatabaseUnavailable",
     "check_connection",
     "ensure_schema",
+    "is_database_fault",
     "make_engine",
     "open_database",
     "safe_url",

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     Column,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    event,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,11 +56,44 @@ ticks = Table(
     Column("price", _Double, nullable=True),
     Column("volume", _Double, nullable=True),
     Column("source", String(64), nullable=True),
-    Index(None, "symbol", "id"),
-    Index(None, "symbol", "ts_ms"),
+    # A hash of (bid, ask, price, volume): with symbol and ts_ms it identifies a
+    # tick, so importing a file twice inserts nothing the second time while two
+    # different ticks in the same millisecond are both kept.
+    Column("tick_key", BigInteger, nullable=False),
+    # The writing transaction's id on PostgreSQL (0 on SQLite, where writers are
+    # serialised and ids become visible in order). PostgreSQL hands out ids
+    # from a sequence that does not commit in order, so an "id > cursor" scan
+    # could skip a tick committed late; (txid, id) below the oldest running
+    # transaction is a position nothing can still appear behind.
+    Column("txid", BigInteger, nullable=False, server_default=text("0")),
+    Index(None, "symbol", "ts_ms", "tick_key", unique=True),
+    Index(None, "symbol", "txid", "id"),
     # Incremental consumers keep "last id seen" cursors; without AUTOINCREMENT,
     # SQLite may hand a deleted max id out again and a cursor would skip the row.
     sqlite_autoincrement=True,
+)
+
+# On PostgreSQL every tick records the id of the transaction that wrote it.
+event.listen(
+    ticks,
+    "after_create",
+    DDL(  # type: ignore[no-untyped-call]
+        "ALTER TABLE ticks ALTER COLUMN txid SET DEFAULT (pg_current_xact_id()::text::bigint)"
+    ).execute_if(dialect="postgresql"),
+)
+
+tick_quarantine = Table(
+    "tick_quarantine",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("source", String(512), nullable=False),
+    Column("line", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", String(500), nullable=True),
+    Column("raw", String(1000), nullable=True),
+    Column("imported_ms", BigInteger, nullable=False),
+    # Re-importing a file quarantines each bad line once, not once per import.
+    Index(None, "source", "line", unique=True),
 )
 
 candles = Table(
@@ -73,6 +108,9 @@ candles = Table(
     Column("close", _Double, nullable=False),
     Column("volume", _Double, nullable=False, server_default=text("0")),
     Column("tick_count", Integer, nullable=False),
+    # Time of the candle's last (closing) tick: how far into its bucket a
+    # still-open candle has got, and what freshness lag is measured against.
+    Column("last_tick_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=True),
 )
 
@@ -82,6 +120,8 @@ progress_cursors = Table(
     Column("service", String(64), primary_key=True),
     Column("key", String(128), primary_key=True),
     Column("position", BigInteger, nullable=False),
+    # Second half of a (txid, id) tick position; 0 where a plain id suffices.
+    Column("txid", BigInteger, nullable=False, server_default=text("0")),
     Column("updated_ms", BigInteger, nullable=False),
 )
 
@@ -176,6 +216,7 @@ __all__ = [
     "metadata",
     "progress_cursors",
     "service_generations",
+    "tick_quarantine",
     "ticks",
     "upsert",
 ]
