@@ -43,7 +43,10 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
+    text,
+    true,
     tuple_,
 )
 
@@ -76,15 +79,17 @@ _CANDLE_VALUES = (
     "updated_ms",
 )
 
-# Scratch tables, private to a connection. On SQLite an INTEGER PRIMARY KEY
+# Scratch tables, private to a connection (named with a version, so a
+# connection that outlives an upgrade never reuses an old shape). On SQLite an INTEGER PRIMARY KEY
 # is the rowid, so scanning the changed buckets yields them in order and the
 # GROUP BY over them needs no sort.
 _scratch = MetaData()
 _Bucket = BigInteger().with_variant(Integer, "sqlite")
 changed_buckets = Table(
-    "tv_changed_buckets",
+    "tv_changed_buckets_v2",
     _scratch,
     Column("b", _Bucket, primary_key=True, autoincrement=False),
+    Column("n", BigInteger, nullable=False),  # claimed ticks in the bucket
     prefixes=["TEMPORARY"],
 )
 calendar_buckets = Table(
@@ -203,6 +208,10 @@ class CandleAggregator:
 
     def _fold_once(self, conn: Connection, progress: SymbolProgress) -> int:
         symbol = progress.symbol
+        if conn.dialect.name == "postgresql":
+            # These statements are many and short; PostgreSQL's cost model
+            # overrates them and spends more time JIT-compiling than running.
+            conn.execute(text("SET LOCAL jit = off"))
         start = get_position(conn, self.service, symbol)
         horizon = visible_horizon(conn)
         end = _claim_end(conn, symbol, start, horizon, self.batch_ticks)
@@ -210,21 +219,25 @@ class CandleAggregator:
             return 0
         now = self._now_ms()
         claimed = _tick_range(symbol, start, end, by_txid=horizon is not None)
-        count = conn.execute(select(func.count()).select_from(ticks).where(claimed)).scalar_one()
 
         _reset_scratch(conn, changed_buckets)
+        minute = _floor(ticks.c.ts_ms, BASE_TIMEFRAME)
         conn.execute(
             insert(changed_buckets).from_select(
-                ["b"], select(_floor(ticks.c.ts_ms, BASE_TIMEFRAME)).distinct().where(claimed)
+                ["b", "n"], select(minute, func.count()).where(claimed).group_by(minute)
             )
         )
-        written = upsert(conn, candles, _minute_candles(symbol, now), _CANDLE_KEY, _CANDLE_VALUES)
+        count = conn.execute(select(func.sum(changed_buckets.c.n))).scalar_one()
+        lateral = conn.dialect.name == "postgresql"
+        written = upsert(
+            conn, candles, _minute_candles(symbol, now, lateral), _CANDLE_KEY, _CANDLE_VALUES
+        )
         for timeframe in self.rollups:
             buckets = self._changed_buckets(conn, timeframe)
             written += upsert(
                 conn,
                 candles,
-                _rolled_up(symbol, timeframe, buckets, now),
+                _rolled_up(symbol, timeframe, buckets, now, lateral),
                 _CANDLE_KEY,
                 _CANDLE_VALUES,
             )
@@ -309,13 +322,30 @@ def _tick_range(
         if through is not None:
             bounds.append(ticks.c.id <= through.id)
         return and_(ticks.c.symbol == symbol, *bounds)
-    position = tuple_(ticks.c.txid, ticks.c.id)
-    clause = and_(
-        ticks.c.symbol == symbol, position > tuple_(literal(after.txid), literal(after.id))
+    if through is None:
+        position = tuple_(ticks.c.txid, ticks.c.id)
+        return and_(
+            ticks.c.symbol == symbol,
+            ticks.c.txid >= after.txid,
+            position > tuple_(literal(after.txid), literal(after.id)),
+        )
+    # Spelled out as index ranges, not row comparisons: PostgreSQL estimates
+    # a two-sided row comparison at one row and picks a plan five times slower.
+    if after.txid == through.txid:  # the usual case: one writing transaction
+        return and_(
+            ticks.c.symbol == symbol,
+            ticks.c.txid == after.txid,
+            ticks.c.id > after.id,
+            ticks.c.id <= through.id,
+        )
+    return and_(
+        ticks.c.symbol == symbol,
+        or_(
+            and_(ticks.c.txid == after.txid, ticks.c.id > after.id),
+            and_(ticks.c.txid > after.txid, ticks.c.txid < through.txid),
+            and_(ticks.c.txid == through.txid, ticks.c.id <= through.id),
+        ),
     )
-    if through is not None:
-        clause = and_(clause, position <= tuple_(literal(through.txid), literal(through.id)))
-    return clause
 
 
 def _claim_end(
@@ -343,7 +373,7 @@ def _price(t: FromClause) -> ColumnElement[Any]:
     return func.coalesce(t.c.price, (t.c.bid + t.c.ask) / literal_column("2.0", Float))
 
 
-def _minute_candles(symbol: str, now_ms: int) -> Select[Any]:
+def _minute_candles(symbol: str, now_ms: int, lateral: bool) -> Select[Any]:
     """Every changed 1m candle of ``symbol``, recomputed from all of its ticks.
 
     ``open``/``close`` are the first/last tick by (ts_ms, id): one indexed
@@ -361,29 +391,30 @@ def _minute_candles(symbol: str, now_ms: int) -> Select[Any]:
         return select(_price(t)).where(in_bucket(t)).order_by(*order).limit(1).scalar_subquery()
 
     price = _price(ticks)
-    return (
-        select(
-            literal(symbol, String(32)).label("symbol"),
-            literal(BASE_TIMEFRAME, String(8)).label("timeframe"),
-            bucket.label("ts_ms"),
-            edge(descending=False).label("open"),
-            func.max(price).label("high"),
-            func.min(price).label("low"),
-            edge(descending=True).label("close"),
-            func.sum(func.coalesce(ticks.c.volume, literal_column("0.0", Float))).label("volume"),
-            func.count().label("tick_count"),
-            func.max(ticks.c.ts_ms).label("last_tick_ms"),
-            literal(now_ms, BigInteger).label("updated_ms"),
-        )
-        .select_from(changed_buckets.join(ticks, in_bucket(ticks)))
-        # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT, or it
-        # reads ON CONFLICT as the join's ON clause.
-        .where(ticks.c.symbol == symbol)
-        .group_by(bucket)
+    return _per_bucket(
+        symbol,
+        BASE_TIMEFRAME,
+        buckets=changed_buckets,
+        start=bucket,
+        bucket_key=(bucket,),
+        source=ticks,
+        in_bucket=in_bucket(ticks),
+        edges=(edge(descending=False), edge(descending=True)),
+        aggregates={
+            "high": func.max(price),
+            "low": func.min(price),
+            "volume": func.sum(func.coalesce(ticks.c.volume, literal_column("0.0", Float))),
+            "tick_count": func.count(),
+            "last_tick_ms": func.max(ticks.c.ts_ms),
+        },
+        now_ms=now_ms,
+        lateral=lateral,
     )
 
 
-def _rolled_up(symbol: str, timeframe: str, buckets: FromClause, now_ms: int) -> Select[Any]:
+def _rolled_up(
+    symbol: str, timeframe: str, buckets: FromClause, now_ms: int, lateral: bool
+) -> Select[Any]:
     """``timeframe`` candles of the changed ``buckets``, from the 1m candles inside them."""
 
     def in_bucket(c: FromClause) -> ColumnElement[bool]:
@@ -400,23 +431,77 @@ def _rolled_up(symbol: str, timeframe: str, buckets: FromClause, now_ms: int) ->
         return select(c.c[column]).where(in_bucket(c)).order_by(order).limit(1).scalar_subquery()
 
     minute = candles.alias("minute")
-    return (
-        select(
-            literal(symbol, String(32)).label("symbol"),
-            literal(timeframe, String(8)).label("timeframe"),
-            buckets.c.start.label("ts_ms"),
-            edge("open", descending=False).label("open"),
-            func.max(minute.c.high).label("high"),
-            func.min(minute.c.low).label("low"),
-            edge("close", descending=True).label("close"),
-            func.sum(minute.c.volume).label("volume"),
-            func.sum(minute.c.tick_count).label("tick_count"),
-            func.max(minute.c.last_tick_ms).label("last_tick_ms"),
-            literal(now_ms, BigInteger).label("updated_ms"),
+    return _per_bucket(
+        symbol,
+        timeframe,
+        buckets=buckets,
+        start=buckets.c.start,
+        bucket_key=(buckets.c.start, buckets.c.end),
+        source=minute,
+        in_bucket=in_bucket(minute),
+        edges=(edge("open", descending=False), edge("close", descending=True)),
+        aggregates={
+            "high": func.max(minute.c.high),
+            "low": func.min(minute.c.low),
+            "volume": func.sum(minute.c.volume),
+            "tick_count": func.sum(minute.c.tick_count),
+            "last_tick_ms": func.max(minute.c.last_tick_ms),
+        },
+        now_ms=now_ms,
+        lateral=lateral,
+    )
+
+
+def _per_bucket(
+    symbol: str,
+    timeframe: str,
+    *,
+    buckets: FromClause,
+    start: ColumnElement[Any],
+    bucket_key: tuple[ColumnElement[Any], ...],
+    source: FromClause,
+    in_bucket: ColumnElement[bool],
+    edges: tuple[Any, Any],
+    aggregates: dict[str, ColumnElement[Any]],
+    now_ms: int,
+    lateral: bool,
+) -> Select[Any]:
+    """One candle row per bucket in ``buckets``, aggregated from the ``source`` rows inside it.
+
+    Two spellings of the same query, because the planners differ. SQLite
+    walks the buckets in key order and range-scans the index for each, so a
+    plain join with GROUP BY is fastest there. PostgreSQL plans the join
+    from statistics, and during a catch-up those are stale (the candles
+    table was empty at the last ANALYZE): it then scans every 1m candle of
+    the symbol per fold. ``JOIN LATERAL`` pins the plan PostgreSQL should
+    use whatever its statistics say: per bucket, one index range scan.
+    """
+    fixed = (
+        literal(symbol, String(32)).label("symbol"),
+        literal(timeframe, String(8)).label("timeframe"),
+        start.label("ts_ms"),
+        edges[0].label("open"),
+        edges[1].label("close"),
+        literal(now_ms, BigInteger).label("updated_ms"),
+    )
+    if lateral:
+        per_bucket = (
+            select(*(expr.label(name) for name, expr in aggregates.items()))
+            .where(in_bucket)
+            .lateral("per_bucket")
         )
-        .select_from(buckets.join(minute, in_bucket(minute)))
-        .where(minute.c.symbol == symbol)
-        .group_by(buckets.c.start, buckets.c.end)
+        return (
+            select(*fixed, *(per_bucket.c[name] for name in aggregates))
+            .select_from(buckets.join(per_bucket, true()))
+            .where(per_bucket.c.tick_count > 0)
+        )
+    return (
+        select(*fixed, *(expr.label(name) for name, expr in aggregates.items()))
+        .select_from(buckets.join(source, in_bucket))
+        # SQLite needs a WHERE in INSERT ... SELECT ... ON CONFLICT, or it
+        # reads ON CONFLICT as the join's ON clause.
+        .where(source.c.symbol == symbol)
+        .group_by(*bucket_key)
     )
 
 
