@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -411,3 +412,31 @@ def test_a_tick_committed_after_a_higher_id_is_not_skipped(pg_url: str) -> None:
         assert_matches_oracle(engine)
     finally:
         engine.dispose()
+
+
+def test_folds_run_beside_a_busy_writer(engine: Engine) -> None:
+    """The feed or an import commits while a fold runs: no "database is locked", nothing lost."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        number = 0
+        try:
+            while not stop.is_set():
+                number += 1
+                insert(engine, [tick(s, number * 997, price=1.0 + number / 1e4) for s in SYMBOLS])
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    job = aggregator(engine, batch_ticks=50)
+    try:
+        for _ in range(30):
+            assert job.catch_up(SYMBOLS).failed == []
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert errors == []
+    job.catch_up(SYMBOLS)
+    assert_matches_oracle(engine)

@@ -208,6 +208,12 @@ class CandleAggregator:
 
     def _fold_once(self, conn: Connection, progress: SymbolProgress) -> int:
         symbol = progress.symbol
+        if conn.dialect.name == "sqlite":
+            # Take the write lock first. A deferred transaction that reads and
+            # then writes fails at once with "database is locked" when another
+            # connection (the feed, an import) committed in between; waiting
+            # for the lock up front lets busy_timeout do its job instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         if conn.dialect.name == "postgresql":
             # These statements are many and short; PostgreSQL's cost model
             # overrates them and spends more time JIT-compiling than running.
