@@ -113,6 +113,14 @@ def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
     ]
     assert cycle[:3] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
     assert "breaker cycle" in result.stderr
+    # The candle service worked beside the feed (no "database is locked").
+    (written,) = [line for line in result.stderr.splitlines() if "candles written" in line]
+    assert int(written.split(":")[1]) > 0
+    assert not [
+        r
+        for r in records
+        if r["event"] == "service.iteration_failed" and r.get("error_type") != "InjectedFailure"
+    ]
     assert not list(tmp_path.iterdir()), "the demo must not leave files in the working folder"
 
 

@@ -1,4 +1,4 @@
-"""The ``tickvisor`` command: run, demo, aggregate, check-config.
+"""The ``tickvisor`` command: run, demo, import, aggregate, check-config.
 
 stdout carries only JSON log lines (or the console rendering when asked);
 human messages (errors, the demo summary) go to stderr, so ``tickvisor run |
@@ -13,16 +13,18 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pykka
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 
 from tickvisor import __version__
-from tickvisor.clock import RealClock, ThreadScheduler, now_ms
+from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import (
     BreakerConfig,
     CandleServiceConfig,
@@ -32,9 +34,17 @@ from tickvisor.config import (
     TickvisorConfig,
     load_config,
 )
+from tickvisor.ingest import (
+    DEFAULT_BATCH_SIZE,
+    FORMATS,
+    ImportArgumentError,
+    TickFileError,
+    import_ticks,
+    open_tick_file,
+)
 from tickvisor.logs import configure_logging, get_logger
 from tickvisor.messages import InjectFailures, RouteToChild
-from tickvisor.store.candles import aggregate_candles
+from tickvisor.store.candles import CandleAggregator
 from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
 from tickvisor.store.schema import candles, events, ticks
 from tickvisor.store.ticks import symbols_with_ticks
@@ -91,9 +101,27 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(handler=cmd_check_config)
 
+    imp = sub.add_parser("import", parents=[common, db], help="import a tick file")
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("--format", required=True, choices=sorted(FORMATS), dest="format")
+    imp.add_argument(
+        "--symbol", default=None, help="the pair, where the file does not name it (e.g. EURUSD)"
+    )
+    imp.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help=f"lines per transaction (default {DEFAULT_BATCH_SIZE})",
+    )
+    imp.set_defaults(handler=cmd_import)
+
     agg = sub.add_parser("aggregate", parents=[common, db], help="one candle catch-up pass")
     agg.add_argument("--config", type=Path, metavar="FILE", default=None)
     agg.add_argument("--symbol", action="append", default=None, dest="symbols")
+    agg.add_argument(
+        "--batch-ticks", type=int, default=None, help="ticks per transaction (default 100000)"
+    )
     agg.set_defaults(handler=cmd_aggregate)
     return parser
 
@@ -132,25 +160,103 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _run_tree(_demo_config(), url, seconds=args.seconds, demo=True)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import one tick file; exit 2 only if the file (or the command line) is unusable.
+
+    The file is opened and its header checked before the database is, so a
+    typo in the file name does not leave a fresh empty database behind.
+    """
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        tick_file = open_tick_file(args.file, args.format, args.symbol)
+    except (TickFileError, ImportArgumentError) as exc:
+        log.error("import.failed", file=str(args.file), format=args.format, error=str(exc))
+        raise UsageError(str(exc)) from None
+    with tick_file:
+        engine = _open(args.db)
+        try:
+            with _progress_bar(tick_file.size, tick_file.path.name) as progress:
+                import_ticks(tick_file, engine, batch_size=args.batch_size, progress=progress)
+        except (TickFileError, ImportArgumentError, DatabaseUnavailable) as exc:
+            log.error("import.failed", file=str(tick_file.path), format=args.format, error=str(exc))
+            raise UsageError(str(exc)) from None
+        finally:
+            engine.dispose()
+    return EXIT_OK
+
+
+@contextmanager
+def _progress_bar(total: int, name: str) -> Iterator[Callable[[int], None] | None]:
+    """A byte-count progress bar on stderr, only when a person is watching it.
+
+    The bar closes itself once every byte is counted, so that it is gone
+    before the summary line reaches the same terminal.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False)
+
+    def advance(n: int) -> None:
+        bar.update(n)
+        if bar.n >= total:
+            bar.close()
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    """One catch-up pass of the candle service's own code, then exit (cron, batch, tests)."""
     config = _load(args.config) if args.config else TickvisorConfig()
     candle_config = config.services.candles or CandleServiceConfig()
     try:
         wanted = [normalize_symbol(s) for s in args.symbols or ()]
     except SymbolError as exc:
         raise UsageError(f"--symbol: {exc}") from None
+    if args.batch_ticks is not None and args.batch_ticks < 1:
+        raise UsageError(f"--batch-ticks must be >= 1, got {args.batch_ticks}")
     engine = _open(args.db or config.database.url)
-    clock = RealClock()
     try:
-        with engine.begin() as conn:
+        aggregator = CandleAggregator(
+            engine,
+            service="candles",
+            timeframes=candle_config.timeframes,
+            rollover=candle_config.daily_rollover,
+            batch_ticks=args.batch_ticks or candle_config.batch_ticks,
+        )
+        with engine.connect() as conn:
             symbols = wanted or symbols_with_ticks(conn)
-            written = aggregate_candles(
-                conn, "candles", symbols, candle_config.timeframes, now_ms(clock)
+        try:
+            report = aggregator.catch_up(symbols)
+        except SQLAlchemyError as exc:
+            log.error("aggregate.failed", error_type=type(exc).__name__, error=str(exc)[:500])
+            print(f"tickvisor: aggregate failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return EXIT_ESCALATED
+        for symbol in report.failed:
+            progress = report.symbols[symbol]
+            log.warning(
+                "candles.symbol_failed",
+                symbol=symbol,
+                error_type=progress.error_type,
+                error=progress.error,
             )
-        log.info("aggregate.completed", symbols=len(symbols), candles_written=sum(written.values()))
+        log.info(
+            "aggregate.completed",
+            symbols=len(symbols),
+            ticks_processed=report.ticks,
+            candles_written=report.candles,
+            failed_symbols=report.failed,
+            seconds=round(report.seconds, 3),
+        )
     finally:
         engine.dispose()
-    return EXIT_OK
+    return EXIT_ESCALATED if report.failed else EXIT_OK
 
 
 # --- the running tree --------------------------------------------------------------
