@@ -32,7 +32,9 @@ def stored(engine: Engine) -> dict[Key, Row]:
         }
 
 
-def oracle(engine: Engine, rollover: str = "utc") -> dict[Key, Row]:
+def oracle(
+    engine: Engine, rollover: str = "utc", timeframes: tuple[str, ...] = tuple(TIMEFRAMES)
+) -> dict[Key, Row]:
     """Candles from pandas ``resample``, sharing nothing with the SQL but the ticks."""
     with engine.connect() as conn:
         frame = pd.DataFrame(
@@ -57,7 +59,7 @@ def oracle(engine: Engine, rollover: str = "utc") -> dict[Key, Row]:
     frame.index = pd.to_datetime(frame["ts_ms"], unit="ms", utc=True)
     expected: dict[Key, Row] = {}
     for symbol, group in frame.groupby("symbol"):
-        for timeframe in TIMEFRAMES:
+        for timeframe in timeframes:
             if timeframe == "1d" and rollover == "new_york_17":
                 # FX days: 17:00 New York. The 7 hours from 17:00 to midnight
                 # never hold a clock change, so shifting by 7 absolute hours and
@@ -84,9 +86,11 @@ def oracle(engine: Engine, rollover: str = "utc") -> dict[Key, Row]:
     return expected
 
 
-def assert_matches_oracle(engine: Engine, rollover: str = "utc") -> None:
+def assert_matches_oracle(
+    engine: Engine, rollover: str = "utc", timeframes: tuple[str, ...] = tuple(TIMEFRAMES)
+) -> None:
     got = stored(engine)
-    want = oracle(engine, rollover)
+    want = oracle(engine, rollover, timeframes)
     assert set(got) == set(want)
     for key, expected in want.items():
         actual = got[key]

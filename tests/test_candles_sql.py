@@ -440,3 +440,22 @@ def test_folds_run_beside_a_busy_writer(engine: Engine) -> None:
     assert errors == []
     job.catch_up(SYMBOLS)
     assert_matches_oracle(engine)
+
+
+def test_changing_the_rollover_or_adding_a_timeframe_rebuilds_from_one_minute(
+    engine: Engine,
+) -> None:
+    day_one = int(datetime(2024, 1, 2, tzinfo=UTC).timestamp() * 1000)
+    insert(engine, [tick("EUR/USD", h * HOUR, price=1.0 + h, base=day_one) for h in range(24)])
+    aggregator(engine, timeframes=["1m", "1h", "1d"]).catch_up(["EUR/USD"])
+    assert_matches_oracle(engine, timeframes=("1m", "1h", "1d"))
+
+    # New York days and a new 4h timeframe: no new ticks, yet history must follow.
+    aggregator(engine, timeframes=["1m", "1h", "4h", "1d"], rollover="new_york_17").catch_up(
+        ["EUR/USD"]
+    )
+    assert_matches_oracle(engine, rollover="new_york_17", timeframes=("1m", "1h", "4h", "1d"))
+    insert(engine, [tick("EUR/USD", 30 * HOUR, price=9.0, base=day_one)])
+    job = aggregator(engine, timeframes=["1m", "1h", "4h", "1d"], rollover="new_york_17")
+    job.catch_up(["EUR/USD"])
+    assert_matches_oracle(engine, rollover="new_york_17", timeframes=("1m", "1h", "4h", "1d"))

@@ -44,7 +44,7 @@ from tickvisor.ingest import (
 )
 from tickvisor.logs import configure_logging, get_logger
 from tickvisor.messages import InjectFailures, RouteToChild
-from tickvisor.store.candles import CandleAggregator
+from tickvisor.store.candles import CandleAggregator, CatchUpFailed
 from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
 from tickvisor.store.schema import candles, events, ticks
 from tickvisor.store.ticks import symbols_with_ticks
@@ -234,7 +234,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             symbols = wanted or symbols_with_ticks(conn)
         try:
             report = aggregator.catch_up(symbols)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, CatchUpFailed) as exc:
             log.error("aggregate.failed", error_type=type(exc).__name__, error=str(exc)[:500])
             print(f"tickvisor: aggregate failed: {str(exc).splitlines()[0]}", file=sys.stderr)
             return EXIT_ESCALATED

@@ -60,7 +60,7 @@ from tickvisor.store.buckets import (
 )
 from tickvisor.store.cursors import TickPosition, get_position, set_position
 from tickvisor.store.engine import is_database_fault
-from tickvisor.store.schema import candles, ticks, upsert
+from tickvisor.store.schema import candles, progress_cursors, ticks, upsert
 from tickvisor.store.ticks import visible_horizon
 
 #: Ticks claimed per transaction: long enough to amortise the per-fold work,
@@ -101,6 +101,10 @@ calendar_buckets = Table(
 )
 
 
+#: Cursor-table key prefix under which the timeframe layout in force is kept.
+LAYOUT_KEY = "__layout__:"
+
+
 @dataclass
 class SymbolProgress:
     """What folding one symbol did, for logs and metrics."""
@@ -133,6 +137,18 @@ class CatchUpReport:
     @property
     def failed(self) -> list[str]:
         return [s for s, p in self.symbols.items() if p.error is not None]
+
+
+class CatchUpFailed(RuntimeError):
+    """Every symbol of a pass failed: the job as a whole did not work."""
+
+    def __init__(self, report: CatchUpReport) -> None:
+        self.report = report
+        first = report.symbols[report.failed[0]]
+        super().__init__(
+            f"every symbol failed ({len(report.failed)}); first: {first.symbol}: "
+            f"{first.error_type}: {first.error}"
+        )
 
 
 class CandleAggregator:
@@ -175,6 +191,7 @@ class CandleAggregator:
         started = time.perf_counter()
         report = CatchUpReport()
         first_error: Exception | None = None
+        self._reconcile_layout()
         for symbol in symbols:
             progress = SymbolProgress(symbol)
             report.symbols[symbol] = progress
@@ -188,8 +205,76 @@ class CandleAggregator:
                 first_error = first_error or exc
         report.seconds = time.perf_counter() - started
         if first_error is not None and len(report.failed) == len(symbols):
-            raise first_error
+            raise CatchUpFailed(report) from first_error
         return report
+
+    def _reconcile_layout(self) -> None:
+        """Rebuild the timeframes whose buckets the config changed, from the 1m candles.
+
+        Folds only rewrite buckets that new ticks touch, so switching
+        ``daily_rollover`` would otherwise leave old days in the old
+        alignment beside new ones, and a timeframe added later would never
+        get its history. The layout in force is kept as a cursor row; when
+        it differs, the affected timeframes are dropped and rolled up again
+        for every symbol, once. A timeframe removed from the config keeps
+        its rows but is no longer updated.
+        """
+        layout = f"{LAYOUT_KEY}{self.rollover}:{','.join(self.rollups)}"
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            stored = conn.execute(
+                select(progress_cursors.c.key).where(
+                    progress_cursors.c.service == self.service,
+                    progress_cursors.c.key.startswith(LAYOUT_KEY, autoescape=True),
+                )
+            ).scalar_one_or_none()
+            if stored == layout:
+                return
+            if stored is not None:
+                old_rollover, _, old_list = stored.removeprefix(LAYOUT_KEY).partition(":")
+                old = set(old_list.split(",")) if old_list else set()
+                stale = [
+                    tf
+                    for tf in self.rollups
+                    if tf not in old or (tf == "1d" and old_rollover != self.rollover)
+                ]
+                if stale:
+                    self._rebuild(conn, stale)
+                conn.execute(
+                    delete(progress_cursors).where(
+                        progress_cursors.c.service == self.service,
+                        progress_cursors.c.key == stored,
+                    )
+                )
+            set_position(conn, self.service, layout, TickPosition(0, 0), self._now_ms())
+
+    def _rebuild(self, conn: Connection, timeframes: list[str]) -> None:
+        conn.execute(delete(candles).where(candles.c.timeframe.in_(timeframes)))
+        symbols = conn.execute(
+            select(candles.c.symbol).where(candles.c.timeframe == BASE_TIMEFRAME).distinct()
+        ).scalars()
+        now = self._now_ms()
+        lateral = conn.dialect.name == "postgresql"
+        for symbol in list(symbols):
+            _reset_scratch(conn, changed_buckets)
+            conn.execute(
+                insert(changed_buckets).from_select(
+                    ["b", "n"],
+                    select(candles.c.ts_ms, candles.c.tick_count).where(
+                        candles.c.symbol == symbol, candles.c.timeframe == BASE_TIMEFRAME
+                    ),
+                )
+            )
+            for timeframe in timeframes:
+                buckets = self._changed_buckets(conn, timeframe)
+                upsert(
+                    conn,
+                    candles,
+                    _rolled_up(symbol, timeframe, buckets, now, lateral),
+                    _CANDLE_KEY,
+                    _CANDLE_VALUES,
+                )
 
     def fold(self, symbol: str) -> SymbolProgress:
         """One fold (at most ``batch_ticks`` ticks) for ``symbol``, in one transaction."""
@@ -218,6 +303,9 @@ class CandleAggregator:
             # These statements are many and short; PostgreSQL's cost model
             # overrates them and spends more time JIT-compiling than running.
             conn.execute(text("SET LOCAL jit = off"))
+            # Two aggregators on one symbol (cron beside the service) wait for
+            # each other's rows; bounded, so a stuck one fails the pass instead.
+            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
         start = get_position(conn, self.service, symbol)
         horizon = visible_horizon(conn)
         end = _claim_end(conn, symbol, start, horizon, self.batch_ticks)
@@ -513,7 +601,9 @@ def _per_bucket(
 
 __all__ = [
     "DEFAULT_BATCH_TICKS",
+    "LAYOUT_KEY",
     "CandleAggregator",
+    "CatchUpFailed",
     "CatchUpReport",
     "SymbolProgress",
     "freshness_lag_ms",
