@@ -1,27 +1,22 @@
 """Live: 50 symbols x 50 ticks/s, CandleService every 1 s: p99 freshness lag at most 2 s.
 
-Two runs, each on a fresh SQLite file, under the same load:
+Two runs in this process, each on a fresh SQLite file, under the same load:
 
-* a feeder writes 5 ticks per symbol every 100 ms (250 rows, one
-  transaction, timestamped with the wall clock), i.e. 50 x 50 ticks/s; when
-  a write is held up it never drops ticks, the next transaction carries them;
+* a feeder thread writes 5 ticks per symbol every 100 ms (250 rows, one
+  transaction, timestamped with the wall clock), i.e. 50 x 50 ticks/s;
 * tickvisor: the real :class:`~tickvisor.actors.candles.CandleService` actor
   (``interval_seconds=1``, all seven timeframes, the 50 symbols inline,
-  RealClock + ThreadScheduler), in this process;
-* baseline: the naive pandas job in a plain thread of this process every 1 s:
-  find the ticks newer than the last id seen, SELECT every tick of the day
-  they fall in, ``resample`` to the seven timeframes, ``executemany`` upsert.
+  RealClock + ThreadScheduler);
+* baseline: the naive pandas job in a plain thread every 1 s: find the ticks
+  newer than the last id seen, SELECT every tick of the day they fall in,
+  ``resample`` to the seven timeframes, ``executemany`` upsert.
 
-A sampler reads, every 100 ms and in one statement (one snapshot), each
-symbol's freshness lag from the database: its newest tick's ``ts_ms`` minus
-the newest ``last_tick_ms`` among its 1m candles (before its first candle:
-minus its oldest tick). Every (sample, symbol) pair is one observation.
-Feeder and sampler run together in a child process, so the GIL of the
-aggregator under test (pandas holds it for a second at a time) can neither
-thin out the load nor skip samples. Also reported: how long ticks waited to
-be committed (the aggregator holding SQLite's write lock delays the feed), and
-wall clock minus newest folded tick (lag plus that wait).
-``TICKVISOR_BENCH_LIVE_SECONDS`` (default 60) sets each run's length."""
+A sampler thread reads, every 100 ms and in one statement (one snapshot),
+each symbol's freshness lag from the database: its newest tick's ``ts_ms``
+minus the newest ``last_tick_ms`` among its 1m candles (before its first
+candle: minus its oldest tick). Every (sample, symbol) pair is one
+observation. ``TICKVISOR_BENCH_LIVE_SECONDS`` (default 60) sets each run's length.
+"""
 
 from __future__ import annotations
 

@@ -153,10 +153,6 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        # Once ANALYZE has run, SQLite likes to build a throw-away index over
-        # all of a symbol's ticks for every fold (catch-up measured 75x
-        # slower); the real (symbol, ts_ms) index is always the better plan.
-        cursor.execute("PRAGMA automatic_index=OFF")
     finally:
         cursor.close()
 
