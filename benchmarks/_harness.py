@@ -10,9 +10,16 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from tickvisor.store.engine import make_engine, open_database
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -37,6 +44,28 @@ def interleaved_medians(
         for name, fn in candidates.items():
             samples[name].append(per_call_seconds(fn, calls))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+@contextmanager
+def pg_schema(raw_url: str) -> Iterator[Engine]:
+    """An engine whose tables live in a fresh PostgreSQL schema, dropped on exit.
+
+    Benchmarks drop and rebuild tables; in a schema of their own they never
+    touch anyone else's, and leave nothing behind.
+    """
+    schema = f"tickvisor_bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(raw_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(admin.url).update_query_dict({"options": f"-csearch_path={schema}"})
+    engine = open_database(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @dataclass(frozen=True)

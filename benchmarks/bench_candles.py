@@ -23,23 +23,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, create_engine, delete, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, delete, text
 
-from benchmarks._harness import Result
+from benchmarks._candles_baseline import UPSERT_CANDLES, pandas_candles
+from benchmarks._harness import Result, pg_schema
 from tickvisor.store import CandleAggregator, open_database, tick_keys
 from tickvisor.store.schema import candles, metadata, progress_cursors
 
 BASE_TS = 1_704_067_200_000  # 2024-01-01 00:00 UTC
-RULES = {
-    "1m": "1min",
-    "5m": "5min",
-    "15m": "15min",
-    "30m": "30min",
-    "1h": "1h",
-    "4h": "4h",
-    "1d": "1D",
-}
 REPEATS = 3
 SCENARIOS = {"1 symbol x 1,000,000": (1, 1_000_000), "10 symbols x 100,000": (10, 100_000)}
 GOALS = {"sqlite": 2.0, "postgresql": 1.5}
@@ -105,50 +96,17 @@ def pandas_catch_up(engine: Engine, symbols: list[str]) -> int:
     with engine.connect() as conn:
         frame = pd.read_sql_query(
             text(
-                "SELECT id, symbol, ts_ms, bid, ask, price, volume FROM ticks "
+                "SELECT symbol, ts_ms, bid, ask, price, volume FROM ticks "
                 "ORDER BY symbol, ts_ms, id"
             ),
             conn,
         )
-    frame["px"] = frame["price"].astype(float).fillna((frame["bid"] + frame["ask"]) / 2)
-    frame["vol"] = frame["volume"].astype(float).fillna(0.0)
-    frame.index = pd.to_datetime(frame["ts_ms"], unit="ms")
-    rows: list[tuple[Any, ...]] = []
-    now = int(time.time() * 1000)
-    for symbol, group in frame.groupby("symbol", sort=False):
-        for timeframe, rule in RULES.items():
-            resampled = group.resample(rule, closed="left", label="left")
-            ohlc = resampled["px"].ohlc()
-            ohlc["volume"] = resampled["vol"].sum()
-            ohlc["count"] = resampled["px"].count()
-            ohlc["last"] = resampled["ts_ms"].max()
-            ohlc = ohlc[ohlc["count"] > 0]
-            starts = ohlc.index.asi8 // 1_000_000
-            rows.extend(
-                zip(
-                    [symbol] * len(ohlc),
-                    [timeframe] * len(ohlc),
-                    starts.tolist(),
-                    ohlc["open"].tolist(),
-                    ohlc["high"].tolist(),
-                    ohlc["low"].tolist(),
-                    ohlc["close"].tolist(),
-                    ohlc["volume"].tolist(),
-                    ohlc["count"].astype(int).tolist(),
-                    ohlc["last"].astype(int).tolist(),
-                    [now] * len(ohlc),
-                    strict=True,
-                )
-            )
-    marker = "%s" if engine.dialect.name == "postgresql" else "?"
-    upsert = (
-        "INSERT INTO candles (symbol, timeframe, ts_ms, open, high, low, close, volume, "
-        f"tick_count, last_tick_ms, updated_ms) VALUES ({', '.join([marker] * 11)}) "
-        "ON CONFLICT (symbol, timeframe, ts_ms) DO UPDATE SET open = excluded.open, "
-        "high = excluded.high, low = excluded.low, close = excluded.close, "
-        "volume = excluded.volume, tick_count = excluded.tick_count, "
-        "last_tick_ms = excluded.last_tick_ms, updated_ms = excluded.updated_ms"
-    )
+    frame["price"] = frame["price"].astype(float)
+    frame["volume"] = frame["volume"].astype(float)
+    rows = pandas_candles(frame, int(time.time() * 1000))
+    upsert = UPSERT_CANDLES
+    if engine.dialect.name == "postgresql":
+        upsert = upsert.replace("?", "%s")
     raw: Any = engine.raw_connection()
     try:
         raw.cursor().executemany(upsert, rows)
@@ -192,18 +150,6 @@ def measure(url: str, scenario: str) -> Result:
     )
 
 
-def private_schema(url: str, schema: str) -> str:
-    """``url`` with its own PostgreSQL schema, so a benchmark never drops anyone's tables."""
-    admin = create_engine(url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    finally:
-        admin.dispose()
-    parsed = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return parsed.render_as_string(hide_password=False)
-
-
 def run() -> list[Result]:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="tickvisor-bench-") as folder:
@@ -211,8 +157,9 @@ def run() -> list[Result]:
         results.extend(measure(url, scenario) for scenario in SCENARIOS)
     pg = os.environ.get("TICKVISOR_BENCH_PG_URL") or os.environ.get("TICKVISOR_TEST_PG_URL")
     if pg:
-        url = private_schema(pg, "tickvisor_bench_candles")
-        results.extend(measure(url, scenario) for scenario in SCENARIOS)
+        for scenario in SCENARIOS:
+            with pg_schema(pg) as engine:
+                results.append(measure(engine.url.render_as_string(hide_password=False), scenario))
     return results
 
 

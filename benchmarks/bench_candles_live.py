@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
+from benchmarks._candles_baseline import UPSERT_CANDLES, pandas_candles
 from benchmarks._harness import Result
-from benchmarks.bench_candles_memory import UPSERT_CANDLES, pandas_candles
 from tickvisor.actors.candles import CandleService
 from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import CandleServiceConfig

@@ -24,22 +24,18 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, text
-from sqlalchemy.engine import make_url
 
-from benchmarks._harness import Result
+from benchmarks._harness import Result, pg_schema
 from tickvisor.ingest import import_file, open_tick_file
 from tickvisor.ingest.validate import check
 from tickvisor.ingest.writer import SQLITE_COLUMNS, TickRows
 from tickvisor.logs import configure_logging
-from tickvisor.store.engine import make_engine, open_database
+from tickvisor.store.engine import open_database
 
 PG_ENV = ("TICKVISOR_BENCH_PG_URL", "TICKVISOR_TEST_PG_URL")
 GOAL = 0.7
@@ -157,24 +153,6 @@ def run(rows: int = 1_000_000, repeats: int = 3) -> Result:
     )
 
 
-@contextmanager
-def _pg_schema(raw_url: str) -> Iterator[Engine]:
-    """An engine whose tables live in a fresh schema, dropped on exit."""
-    schema = f"tickvisor_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(raw_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(admin.url).update_query_dict({"options": f"-csearch_path={schema}"})
-    engine = open_database(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def run_postgres(rows: int = 300_000, repeats: int = 2) -> list[Result]:
     """The PostgreSQL comparison, or nothing when no server is configured."""
     raw_url = next((os.environ[name] for name in PG_ENV if os.environ.get(name)), None)
@@ -189,11 +167,11 @@ def run_postgres(rows: int = 300_000, repeats: int = 2) -> list[Result]:
         ours: list[float] = []
         base: list[float] = []
         for _ in range(repeats):
-            with _pg_schema(raw_url) as engine:
+            with pg_schema(raw_url) as engine:
                 started = time.perf_counter()
                 import_file(csv_path, "csv", engine)
                 ours.append(time.perf_counter() - started)
-            with _pg_schema(raw_url) as engine, engine.connect() as conn:
+            with pg_schema(raw_url) as engine, engine.connect() as conn:
                 driver: Any = conn.connection.driver_connection
                 started = time.perf_counter()
                 with driver.cursor() as cur:

@@ -238,14 +238,6 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             log.error("aggregate.failed", error_type=type(exc).__name__, error=str(exc)[:500])
             print(f"tickvisor: aggregate failed: {str(exc).splitlines()[0]}", file=sys.stderr)
             return EXIT_ESCALATED
-        for symbol in report.failed:
-            progress = report.symbols[symbol]
-            log.warning(
-                "candles.symbol_failed",
-                symbol=symbol,
-                error_type=progress.error_type,
-                error=progress.error,
-            )
         log.info(
             "aggregate.completed",
             symbols=len(symbols),

@@ -65,21 +65,17 @@ class CandleService(ServiceActor):
             for symbol, progress in report.symbols.items():
                 entry = self._per_symbol.setdefault(
                     symbol,
-                    {"ticks_processed": 0, "candles_written": 0, "errors": 0},
+                    {
+                        "ticks_processed": 0,
+                        "candles_written": 0,
+                        "errors": 0,
+                        "freshness_lag_seconds": None,
+                    },
                 )
                 entry["ticks_processed"] += progress.ticks
                 entry["candles_written"] += progress.candles
                 if progress.lag_ms is not None:
                     entry["freshness_lag_seconds"] = progress.lag_ms / 1000
-                entry.setdefault("freshness_lag_seconds", None)
                 if progress.error is not None:
                     entry["errors"] += 1
                     entry["last_error"] = progress.error
-        for symbol in report.failed:
-            progress = report.symbols[symbol]
-            self.log.warning(
-                "candles.symbol_failed",
-                symbol=symbol,
-                error_type=progress.error_type,
-                error=progress.error,
-            )

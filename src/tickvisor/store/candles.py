@@ -20,7 +20,8 @@ only ever sees positions and counts, never the ticks themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,9 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.schema import CreateTable
 
+from tickvisor.logs import get_logger
 from tickvisor.store.buckets import (
     BASE_TIMEFRAME,
     TIMEFRAMES,
@@ -112,7 +115,6 @@ class SymbolProgress:
     symbol: str
     ticks: int = 0
     candles: int = 0
-    folds: int = 0
     #: Newest tick time minus the newest tick the 1m candles include, in ms.
     lag_ms: int | None = None
     error: str | None = None
@@ -179,6 +181,7 @@ class CandleAggregator:
         self.rollover = rollover
         self.batch_ticks = batch_ticks
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self._log = get_logger("tickvisor.candles", service=service)
 
     def catch_up(self, symbols: Sequence[str]) -> CatchUpReport:
         """Fold every symbol up to the newest visible tick; one symbol's fault spares the rest.
@@ -203,6 +206,12 @@ class CandleAggregator:
                 progress.error = str(exc).splitlines()[0][:500] if str(exc) else repr(exc)
                 progress.error_type = type(exc).__name__
                 first_error = first_error or exc
+                self._log.warning(
+                    "candles.symbol_failed",
+                    symbol=symbol,
+                    error_type=progress.error_type,
+                    error=progress.error,
+                )
         report.seconds = time.perf_counter() - started
         if first_error is not None and len(report.failed) == len(symbols):
             raise CatchUpFailed(report) from first_error
@@ -220,9 +229,7 @@ class CandleAggregator:
         its rows but is no longer updated.
         """
         layout = f"{LAYOUT_KEY}{self.rollover}:{','.join(self.rollups)}"
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        with _write_transaction(self.engine) as conn:
             stored = conn.execute(
                 select(progress_cursors.c.key).where(
                     progress_cursors.c.service == self.service,
@@ -276,16 +283,9 @@ class CandleAggregator:
                     _CANDLE_VALUES,
                 )
 
-    def fold(self, symbol: str) -> SymbolProgress:
-        """One fold (at most ``batch_ticks`` ticks) for ``symbol``, in one transaction."""
-        progress = SymbolProgress(symbol)
-        with self.engine.begin() as conn:
-            self._fold_once(conn, progress)
-        return progress
-
     def _fold_until_done(self, progress: SymbolProgress) -> None:
         while True:
-            with self.engine.begin() as conn:
+            with _write_transaction(self.engine) as conn:
                 claimed = self._fold_once(conn, progress)
                 if claimed < self.batch_ticks:
                     progress.lag_ms = freshness_lag_ms(conn, progress.symbol)
@@ -293,19 +293,6 @@ class CandleAggregator:
 
     def _fold_once(self, conn: Connection, progress: SymbolProgress) -> int:
         symbol = progress.symbol
-        if conn.dialect.name == "sqlite":
-            # Take the write lock first. A deferred transaction that reads and
-            # then writes fails at once with "database is locked" when another
-            # connection (the feed, an import) committed in between; waiting
-            # for the lock up front lets busy_timeout do its job instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        if conn.dialect.name == "postgresql":
-            # These statements are many and short; PostgreSQL's cost model
-            # overrates them and spends more time JIT-compiling than running.
-            conn.execute(text("SET LOCAL jit = off"))
-            # Two aggregators on one symbol (cron beside the service) wait for
-            # each other's rows; bounded, so a stuck one fails the pass instead.
-            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
         start = get_position(conn, self.service, symbol)
         horizon = visible_horizon(conn)
         end = _claim_end(conn, symbol, start, horizon, self.batch_ticks)
@@ -338,7 +325,6 @@ class CandleAggregator:
         set_position(conn, self.service, symbol, end, now)
         progress.ticks += int(count)
         progress.candles += written
-        progress.folds += 1
         return int(count)
 
     def _changed_buckets(self, conn: Connection, timeframe: str) -> FromClause:
@@ -457,8 +443,29 @@ def _claim_end(
     return None if row is None else TickPosition(int(row[0]), int(row[1]))
 
 
+@contextmanager
+def _write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction set up for the job's read-then-write statements."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            # Take the write lock first. A deferred transaction that reads and
+            # then writes fails at once with "database is locked" when another
+            # connection (the feed, an import) committed in between; waiting
+            # for the lock up front lets busy_timeout do its job instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            # These statements are many and short; PostgreSQL's cost model
+            # overrates them and spends more time JIT-compiling than running.
+            conn.execute(text("SET LOCAL jit = off"))
+            # Two aggregators on one symbol (cron beside the service) wait for
+            # each other's rows; bounded, so a stuck one fails the pass instead.
+            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+        yield conn
+
+
 def _reset_scratch(conn: Connection, table: Table) -> None:
-    table.create(conn, checkfirst=True)
+    # IF NOT EXISTS: one statement per fold, not a catalog lookup and a create.
+    conn.execute(CreateTable(table, if_not_exists=True))
     conn.execute(delete(table))
 
 
