@@ -7,6 +7,7 @@ from typing import Any
 import pykka
 from sqlalchemy import Engine, text
 
+from actor_helpers import wait_first_iteration
 from candle_oracle import assert_matches_oracle
 from tickvisor.actors.candles import CandleService
 from tickvisor.clock import FakeClock, SteppedScheduler
@@ -20,13 +21,15 @@ BASE_TS = 1_704_067_200_000
 
 def start(engine: Engine, clock: FakeClock, scheduler: SteppedScheduler, **config: Any) -> Any:
     config.setdefault("interval_seconds", 1.0)
-    return CandleService.start(
+    ref = CandleService.start(
         "candles",
         CandleServiceConfig(**config),
         engine=engine,
         clock=clock,
         scheduler=scheduler,
     )
+    wait_first_iteration(ref)
+    return ref
 
 
 def metrics(ref: pykka.ActorRef[Any]) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def test_example_uses_every_key() -> None:
 
     def keys(model: type[pydantic.BaseModel]) -> set[str]:
         found = set(model.model_fields)
-        for name in ("database", "logging", "supervisor", "feed", "services", "breaker"):
+        for name in ("database", "logging", "supervisor", "feed", "services", "breaker", "backoff"):
             field = model.model_fields.get(name)
             annotation = field.annotation if field else None
             if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):

@@ -11,6 +11,7 @@ import pykka
 import pytest
 from sqlalchemy import Engine
 
+from actor_helpers import wait_first_iteration
 from tickvisor.actors.base import ServiceActor
 from tickvisor.clock import FakeClock, SteppedScheduler
 from tickvisor.config import BreakerConfig, ServiceConfig
@@ -91,7 +92,7 @@ def start(
 ) -> pykka.ActorRef[Any]:
     config.setdefault("interval_seconds", 5.0)
     config.setdefault("breaker", BreakerConfig(failure_threshold=3, timeout=30.0))
-    return FlakyService.start(
+    ref = FlakyService.start(
         "flaky",
         ServiceConfig(**config),
         engine=engine,
@@ -99,6 +100,8 @@ def start(
         scheduler=scheduler,
         event_sinks=sinks or [],
     )
+    wait_first_iteration(ref)
+    return ref
 
 
 def metrics(ref: pykka.ActorRef[Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pykka
 import pytest
 
 from tickvisor.clock import FakeClock
-from tickvisor.messages import ChildExited, Ping, RouteToChild, WhichChildren
+from tickvisor.messages import ChildExited, Crash, Ping, WhichChildren
 from tickvisor.supervision import ChildSpec, RestartType, Supervisor, route
 
 ASK = 5.0
@@ -141,7 +141,7 @@ def test_restart_intensity_stops_children_and_escalates() -> None:
         if generation < 3:
             wait_for_generation(sup, "a", generation + 1)
     assert escalated.wait(ASK)
-    assert "exceeded restart intensity" in reasons[0]
+    assert "exceeded the restart intensity" in reasons[0]
     assert sup.actor_stopped.wait(ASK)
     assert "stop b#1" in journal
 
@@ -183,7 +183,7 @@ def test_a_crashed_supervisor_still_stops_its_children_and_escalates() -> None:
 
     sup = Supervisor.start("s", [spec("a", journal)], clock=FakeClock(), on_escalate=on_escalate)
     sup.ask(Ping(), timeout=ASK)
-    sup.tell(RouteToChild("no-such-child", "hello"))  # raises inside the supervisor
+    sup.tell(Crash("no-such-child"))  # raises inside the supervisor
     assert escalated.wait(ASK)  # called after the children were stopped
     assert "stop a#1" in journal
     assert reasons and "no-such-child" in reasons[0]

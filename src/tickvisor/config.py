@@ -163,6 +163,29 @@ class LoggingConfig(_Model):
         return level
 
 
+class BackoffConfig(_Model):
+    """Wait before restarting a child (Akka BackoffSupervisor); ``max_seconds: 0`` turns it off.
+
+    The n-th consecutive restart waits ``min(max, min * factor**n)`` times a
+    random factor in ``[1, 1 + jitter]``; a child that ran
+    ``reset_after_seconds`` without failing starts from ``min`` again.
+    """
+
+    min_seconds: NonNegativeSeconds = 0.5
+    max_seconds: NonNegativeSeconds = 30.0
+    factor: Annotated[float, _NoBool, Field(ge=1.0, allow_inf_nan=False)] = 2.0
+    jitter: Annotated[float, _NoBool, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.2
+    reset_after_seconds: NonNegativeSeconds = 60.0
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> BackoffConfig:
+        if self.max_seconds and self.min_seconds > self.max_seconds:
+            raise ValueError(
+                f"min_seconds ({self.min_seconds}) must be at most max_seconds ({self.max_seconds})"
+            )
+        return self
+
+
 class SupervisorConfig(_Model):
     """Restart policy of the services supervisor (Erlang/OTP semantics)."""
 
@@ -170,6 +193,9 @@ class SupervisorConfig(_Model):
     max_restarts: NonNegativeCount = 5
     within_seconds: Seconds = 30.0
     shutdown_timeout: Seconds = 5.0
+    #: How often supervisors look for children that vanished or stopped answering.
+    check_interval_seconds: Seconds = 1.0
+    backoff: BackoffConfig = Field(default_factory=BackoffConfig)
 
 
 class FeedConfig(_Model):
@@ -255,6 +281,16 @@ class ServiceConfig(_Model):
     symbols_file: Path | None = None
     symbol_cache_ttl: NonNegativeSeconds = 300.0
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    #: Erlang/OTP restart type: permanent (always), transient (after a crash), temporary (never).
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    #: What the supervisor does when the breaker opens: hold iterations until
+    #: it closes (pause), replace the service after the open period (restart),
+    #: or leave it to the breaker (ignore).
+    on_breaker_open: Literal["pause", "restart", "ignore"] = "pause"
+    #: A service that does not answer for this long (an iteration hung in I/O)
+    #: is abandoned, replaced and fenced; null turns the check off. One
+    #: iteration yields after a quarter of it, so a long backlog is not "hung".
+    iteration_deadline_seconds: Seconds | None = 120.0
 
     @field_validator("symbols")
     @classmethod

@@ -25,6 +25,9 @@ class Iterate:
 
     scheduled_at: float
     catch_up: bool = False
+    #: Sent by the supervisor when a breaker's open period ends: runs even
+    #: while the service is paused, so the half-open trial can happen.
+    trial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,21 @@ class InjectFailures:
 
 
 @dataclass(frozen=True, slots=True)
+class Crash:
+    """Make the receiving actor raise, so pykka stops it (chaos drills and the demo).
+
+    This is how a bug in a message handler looks to a supervisor: the actor
+    is gone, its ``on_failure`` ran, and only supervision brings it back.
+    """
+
+    reason: str = "injected crash"
+
+
+class CrashRequested(RuntimeError):
+    """What an actor raises when it receives :class:`Crash`."""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateTicks:
     """Write the next synthetic batch; ``scheduled_at`` (monotonic) dates the batch.
 
@@ -99,6 +117,10 @@ class BreakerTransition:
     failure_count: int
     reason: str
     at: float
+    #: The open period, on transitions to ``open``: when the half-open trial is due.
+    retry_in_seconds: float | None = None
+    #: Which instance of the service published it (0: not set by a supervised service).
+    generation: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +144,28 @@ class ChildExited:
         return self.error is not None
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorEvent:
+    """A supervisor's decision about a child, published for the log and for alerting.
+
+    ``kind`` is one of the stable event names: ``child.restarted``,
+    ``child.paused``, ``child.resumed``, ``child.hung``, ``child.exited``,
+    ``child.abandoned``, ``supervisor.escalated``. ``supervisor`` is the
+    deciding supervisor's path (``root/services``); ``child`` is the child's
+    name (the service name for services).
+    """
+
+    kind: str
+    supervisor: str
+    child: str | None
+    generation: int
+    reason: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # --- supervisor requests (to a supervisor) -----------------------------------
 
 
@@ -141,3 +185,71 @@ class RouteToChild:
 @dataclass(frozen=True, slots=True)
 class WhichChildren:
     """Ask a supervisor for its children: name, generation, alive, restart type."""
+
+
+@dataclass(frozen=True, slots=True)
+class CountChildren:
+    """Ask a supervisor for counts: specs, active, supervisors, workers (OTP's count_children)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Ask a supervisor for its own status node and its children's (one level deep)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WhereIs:
+    """Ask a supervisor for the current ref of a running child (OTP's ``whereis``)."""
+
+    child: str
+
+
+@dataclass(frozen=True, slots=True)
+class PauseChild:
+    """Operator pause: the child stops iterating until :class:`ResumeChild`, across restarts."""
+
+    child: str
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeChild:
+    """Lift an operator pause (a breaker hold lifts itself when the breaker closes)."""
+
+    child: str
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartChild:
+    """Replace a running child with a new instance, or start a stopped one again."""
+
+    child: str
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class StartChild:
+    """Start a stopped child by name, or add and start a new one from ``spec`` (a ChildSpec).
+
+    ``spec`` is typed ``object`` here because messages sit below supervision
+    in the import order; the supervisor checks its type.
+    """
+
+    child: str
+    spec: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateChild:
+    """Stop a child and keep its spec; it is not restarted until started again."""
+
+    child: str
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteChild:
+    """Forget a stopped child's spec (OTP's ``delete_child``)."""
+
+    child: str

@@ -17,6 +17,7 @@ coalescing) is here, once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -27,11 +28,13 @@ import pykka
 
 from tickvisor.actors.breaker import CircuitBreaker
 from tickvisor.actors.symbol_cache import SymbolCache, SymbolLoader
-from tickvisor.clock import Clock, Scheduler, Timer
+from tickvisor.clock import Clock, Scheduler, Timer, now_ms
 from tickvisor.logs import bind_context, get_logger
 from tickvisor.messages import (
     BreakerTransition,
     ChildExited,
+    Crash,
+    CrashRequested,
     GetMetrics,
     InjectFailures,
     InvalidateCache,
@@ -41,6 +44,8 @@ from tickvisor.messages import (
     ResetBreaker,
     Resume,
 )
+from tickvisor.store.engine import is_database_fault
+from tickvisor.store.fencing import Fence, FencedOut, claim_fence
 from tickvisor.symbols import load_symbols_file
 
 if TYPE_CHECKING:
@@ -81,10 +86,17 @@ def breaker_from_config(
 class ServiceActor(pykka.ThreadingActor):
     """Base class of every service: owns one :class:`SymbolCache` and one :class:`CircuitBreaker`.
 
-    ``event_sinks`` receive every :class:`BreakerTransition` (the supervisor and,
-    later, the alerts actor); ``parent`` receives :class:`ChildExited` when this
-    actor stops. Both are actor refs: services never call them directly.
+    ``event_sinks`` receive every :class:`BreakerTransition` (the supervisor and
+    the event bus); ``parent`` receives :class:`ChildExited` when this actor
+    stops. Both take messages: services never call them directly.
+
+    Each instance claims a fencing token (:mod:`tickvisor.store.fencing`) when
+    it starts; a subclass passes :attr:`fence` to every write transaction, so
+    an instance that was replaced while hung can never commit afterwards.
     """
+
+    # A hung instance that was abandoned must not keep the process alive.
+    use_daemon_thread = True
 
     def __init__(
         self,
@@ -136,6 +148,8 @@ class ServiceActor(pykka.ThreadingActor):
         self._injected_failures = 0
         self._timer: Timer | None = None
         self._metrics_lock = threading.Lock()
+        self.fence: Fence | None = None
+        self._more_work = False
 
     # --- what subclasses implement -------------------------------------------
 
@@ -166,6 +180,7 @@ class ServiceActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         bind_context(service=self.name)
         self._running = True
+        self._claim_fence(at_start=True)
         now = self.clock.monotonic()
         self.actor_ref.tell(Iterate(scheduled_at=now))
         self._timer = self.scheduler.tell_every(
@@ -176,6 +191,7 @@ class ServiceActor(pykka.ThreadingActor):
         self.log.info(
             "service.started",
             generation=self.generation,
+            fencing_token=self.fence.token if self.fence else None,
             interval_seconds=self.interval_seconds,
             symbol_source=self._symbol_source(),
         )
@@ -229,6 +245,8 @@ class ServiceActor(pykka.ThreadingActor):
                 self.circuit_breaker.reset()
                 self.log.info("breaker.reset")
                 return self.circuit_breaker.get_stats()
+            case Crash(reason=reason):
+                raise CrashRequested(reason)
             case InjectFailures(count=count, reason=reason):
                 self._injected_failures = max(0, count)
                 self.log.warning("service.failures_injected", count=count, reason=reason)
@@ -255,7 +273,7 @@ class ServiceActor(pykka.ThreadingActor):
                 self._catch_up_pending = True
                 self.actor_ref.tell(Iterate(self.clock.monotonic(), catch_up=True))
             return
-        if self._paused:
+        if self._paused and not message.trial:
             return
         if not self.circuit_breaker.can_execute():
             self._skipped_open += 1
@@ -266,12 +284,18 @@ class ServiceActor(pykka.ThreadingActor):
         """One guarded iteration: symbols, work, outcome recorded on the breaker."""
         started = self.clock.monotonic()
         self._last_started = started
+        self._more_work = False
         try:
+            if self.fence is None:
+                self._claim_fence(at_start=False)
             symbols = self.symbol_cache.get_symbols()
             if self._injected_failures > 0:
                 self._injected_failures -= 1
                 raise InjectedFailure(f"injected failure ({self._injected_failures} left)")
             written = self.process_symbols(symbols)
+        except FencedOut as exc:
+            self._fenced_out(exc)
+            return
         except Exception as exc:
             self._last_finished = self.clock.monotonic()
             self._record_error(exc, self._last_finished - started)
@@ -289,6 +313,47 @@ class ServiceActor(pykka.ThreadingActor):
             symbols=len(symbols),
             written=written,
         )
+        if self._more_work:
+            # The iteration stopped at its time budget with work left: go on at
+            # once, behind whatever control messages and pings are waiting.
+            self.actor_ref.tell(Iterate(self.clock.monotonic(), catch_up=True))
+            self._catch_up_pending = True
+
+    def continue_soon(self) -> None:
+        """Called by a subclass whose iteration stopped at its budget with work left."""
+        self._more_work = True
+
+    @property
+    def iteration_budget_seconds(self) -> float | None:
+        """How long one iteration may work before yielding (a quarter of the hang deadline).
+
+        Long enough to make progress, short enough that the supervisor's
+        hang check never mistakes a big backlog for a hung service.
+        """
+        deadline = self.config.iteration_deadline_seconds
+        return None if deadline is None else deadline / 4
+
+    def _claim_fence(self, *, at_start: bool) -> None:
+        try:
+            self.fence = claim_fence(self.engine, self.name, now_ms(self.clock))
+        except Exception as exc:
+            if at_start and is_database_fault(exc):
+                # The database is down: the first iteration claims again, and
+                # its failure is the breaker's to count, not a crash at start.
+                self.log.warning("service.fence_claim_failed", error=str(exc)[:300])
+                return
+            raise
+
+    def _fenced_out(self, exc: FencedOut) -> None:
+        """A replacement claimed the service: this instance's write was rolled back; stop."""
+        self.log.error(
+            "service.fenced",
+            generation=self.generation,
+            fencing_token=exc.token,
+            current_token=exc.current,
+        )
+        self._running = False
+        self.actor_ref.stop(block=False)
 
     def _record_error(self, exc: Exception, elapsed: float) -> None:
         now = self.clock.time()
@@ -369,6 +434,7 @@ class ServiceActor(pykka.ThreadingActor):
         return self.symbol_cache.cached_symbols()
 
     def _publish_transition(self, event: BreakerTransition) -> None:
+        event = dataclasses.replace(event, generation=self.generation)
         self.log.info(
             "breaker.transition",
             from_state=event.from_state,

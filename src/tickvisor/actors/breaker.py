@@ -447,6 +447,7 @@ class CircuitBreaker:
                 failure_count=failures,
                 reason=reason,
                 at=self.clock.time(),
+                retry_in_seconds=self._current_timeout if to_state is CircuitState.OPEN else None,
             )
         )
 

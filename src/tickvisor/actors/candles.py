@@ -38,8 +38,12 @@ class CandleService(ServiceActor):
         self._per_symbol: dict[str, dict[str, Any]] = {}
 
     def process_symbols(self, symbols: list[str]) -> int:
-        report = self.aggregator.catch_up(symbols)
+        report = self.aggregator.catch_up(
+            symbols, fence=self.fence, budget_seconds=self.iteration_budget_seconds
+        )
         self._account(report)
+        if report.unfinished:
+            self.continue_soon()
         return report.candles
 
     def discover_symbols(self) -> list[str]:

@@ -135,6 +135,8 @@ class SyntheticTickGenerator:
 class FeedActor(pykka.ThreadingActor):
     """Writes one generated batch per ``interval_seconds``, one transaction per batch."""
 
+    use_daemon_thread = True  # an abandoned feed must not keep the process alive
+
     def __init__(
         self,
         engine: Engine,

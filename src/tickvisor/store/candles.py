@@ -63,6 +63,7 @@ from tickvisor.store.buckets import (
 )
 from tickvisor.store.cursors import TickPosition, get_position, set_position
 from tickvisor.store.engine import is_database_fault
+from tickvisor.store.fencing import Fence, FencedOut
 from tickvisor.store.schema import candles, progress_cursors, ticks, upsert
 from tickvisor.store.ticks import visible_horizon
 
@@ -127,6 +128,8 @@ class CatchUpReport:
 
     symbols: dict[str, SymbolProgress] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Symbols the pass left with ticks still to fold because its time budget ran out.
+    unfinished: list[str] = field(default_factory=list)
 
     @property
     def ticks(self) -> int:
@@ -183,8 +186,21 @@ class CandleAggregator:
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self._log = get_logger("tickvisor.candles", service=service)
 
-    def catch_up(self, symbols: Sequence[str]) -> CatchUpReport:
+    def catch_up(
+        self,
+        symbols: Sequence[str],
+        *,
+        fence: Fence | None = None,
+        budget_seconds: float | None = None,
+    ) -> CatchUpReport:
         """Fold every symbol up to the newest visible tick; one symbol's fault spares the rest.
+
+        Symbols take turns, one fold each, so a symbol with a huge backlog
+        does not starve the others. With ``budget_seconds``, the pass stops
+        after the fold that crosses it and lists the symbols with ticks left
+        in ``report.unfinished``; the caller runs another pass. With
+        ``fence``, every fold checks it before committing
+        (:mod:`tickvisor.store.fencing`) and :class:`FencedOut` ends the pass.
 
         A fault of the database itself (connection lost, locked, disk full)
         is raised at once: no other symbol would fare better, and the
@@ -194,30 +210,39 @@ class CandleAggregator:
         started = time.perf_counter()
         report = CatchUpReport()
         first_error: Exception | None = None
-        self._reconcile_layout()
-        for symbol in symbols:
-            progress = SymbolProgress(symbol)
-            report.symbols[symbol] = progress
-            try:
-                self._fold_until_done(progress)
-            except Exception as exc:
-                if is_database_fault(exc):
-                    raise
-                progress.error = str(exc).splitlines()[0][:500] if str(exc) else repr(exc)
-                progress.error_type = type(exc).__name__
-                first_error = first_error or exc
-                self._log.warning(
-                    "candles.symbol_failed",
-                    symbol=symbol,
-                    error_type=progress.error_type,
-                    error=progress.error,
-                )
+        self._reconcile_layout(fence)
+        pending = [SymbolProgress(symbol) for symbol in dict.fromkeys(symbols)]
+        report.symbols = {p.symbol: p for p in pending}
+        while pending:
+            for progress in list(pending):
+                try:
+                    if self._fold_and_commit(progress, fence):
+                        pending.remove(progress)
+                except Exception as exc:
+                    if is_database_fault(exc) or isinstance(exc, FencedOut):
+                        raise
+                    pending.remove(progress)
+                    progress.error = str(exc).splitlines()[0][:500] if str(exc) else repr(exc)
+                    progress.error_type = type(exc).__name__
+                    first_error = first_error or exc
+                    self._log.warning(
+                        "candles.symbol_failed",
+                        symbol=progress.symbol,
+                        error_type=progress.error_type,
+                        error=progress.error,
+                    )
+            out_of_time = (
+                budget_seconds is not None and time.perf_counter() - started >= budget_seconds
+            )
+            if pending and out_of_time:
+                report.unfinished = [p.symbol for p in pending]
+                break
         report.seconds = time.perf_counter() - started
-        if first_error is not None and len(report.failed) == len(symbols):
+        if first_error is not None and len(report.failed) == len(report.symbols):
             raise CatchUpFailed(report) from first_error
         return report
 
-    def _reconcile_layout(self) -> None:
+    def _reconcile_layout(self, fence: Fence | None) -> None:
         """Rebuild the timeframes whose buckets the config changed, from the 1m candles.
 
         Folds only rewrite buckets that new ticks touch, so switching
@@ -255,6 +280,8 @@ class CandleAggregator:
                     )
                 )
             set_position(conn, self.service, layout, TickPosition(0, 0), self._now_ms())
+            if fence is not None:
+                fence.check(conn)  # last statement before the commit
 
     def _rebuild(self, conn: Connection, timeframes: list[str]) -> None:
         conn.execute(delete(candles).where(candles.c.timeframe.in_(timeframes)))
@@ -283,13 +310,16 @@ class CandleAggregator:
                     _CANDLE_VALUES,
                 )
 
-    def _fold_until_done(self, progress: SymbolProgress) -> None:
-        while True:
-            with _write_transaction(self.engine) as conn:
-                claimed = self._fold_once(conn, progress)
-                if claimed < self.batch_ticks:
-                    progress.lag_ms = freshness_lag_ms(conn, progress.symbol)
-                    return
+    def _fold_and_commit(self, progress: SymbolProgress, fence: Fence | None) -> bool:
+        """One fold in its own transaction; True when the symbol has caught up."""
+        with _write_transaction(self.engine) as conn:
+            claimed = self._fold_once(conn, progress)
+            if claimed and fence is not None:
+                fence.check(conn)  # last statement before the commit
+            if claimed < self.batch_ticks:
+                progress.lag_ms = freshness_lag_ms(conn, progress.symbol)
+                return True
+        return False
 
     def _fold_once(self, conn: Connection, progress: SymbolProgress) -> int:
         symbol = progress.symbol
