@@ -102,6 +102,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     stopped = [e for e in events if e in ("service.stopped", "feed.stopped", "supervisor.stopped")]
     assert stopped.index("service.stopped") < stopped.index("feed.stopped")
     assert events[-1] == "tickvisor.stopped"
+    assert records[-1]["threads_left"] == []  # nothing non-daemon left running
 
 
 def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
@@ -113,6 +114,13 @@ def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
     ]
     assert cycle[:3] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
     assert "breaker cycle" in result.stderr
+    # The crash drill is seen restarted; the breaker opening pauses, closing resumes.
+    decisions = [
+        (r["event"], r["generation"])
+        for r in records
+        if r["event"] in ("child.restarted", "child.paused", "child.resumed")
+    ]
+    assert decisions == [("child.restarted", 2), ("child.paused", 2), ("child.resumed", 2)]
     # The candle service worked beside the feed (no "database is locked").
     (written,) = [line for line in result.stderr.splitlines() if "candles written" in line]
     assert int(written.split(":")[1]) > 0

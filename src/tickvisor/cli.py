@@ -304,8 +304,17 @@ def _run_tree(
     if escalation:
         log.critical("tickvisor.exiting", reason=escalation[0], exit_code=EXIT_ESCALATED)
         return EXIT_ESCALATED
-    log.info("tickvisor.stopped", exit_code=EXIT_OK)
+    log.info("tickvisor.stopped", exit_code=EXIT_OK, threads_left=_threads_left())
     return EXIT_OK
+
+
+def _threads_left() -> list[str]:
+    """Non-daemon threads still running besides this one: each would keep the process alive."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and t is not threading.current_thread()
+    ]
 
 
 def _stage_demo_faults(control: Control, scheduler: ThreadScheduler) -> None:
@@ -321,7 +330,7 @@ def _stage_demo_faults(control: Control, scheduler: ThreadScheduler) -> None:
     def drill(message: object) -> Callable[[], None]:
         def send() -> None:
             try:
-                control.send("services/candles", message)
+                control.tell("services/candles", message)
             except Exception as exc:  # the demo goes on; the log says why
                 log.warning("demo.drill_failed", drill=type(message).__name__, error=str(exc))
 

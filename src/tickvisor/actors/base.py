@@ -150,6 +150,7 @@ class ServiceActor(pykka.ThreadingActor):
         self._metrics_lock = threading.Lock()
         self.fence: Fence | None = None
         self._more_work = False
+        self._first_iteration_pending = False
 
     # --- what subclasses implement -------------------------------------------
 
@@ -181,8 +182,13 @@ class ServiceActor(pykka.ThreadingActor):
         bind_context(service=self.name)
         self._running = True
         self._claim_fence(at_start=True)
-        now = self.clock.monotonic()
-        self.actor_ref.tell(Iterate(scheduled_at=now))
+        if self.parent is None:
+            self._queue_first_iteration()
+        else:
+            # Under a supervisor the first iteration waits for its start probe
+            # (OTP's handle_continue): the supervisor waits for on_start only,
+            # never behind a first catch-up that may run for minutes.
+            self._first_iteration_pending = True
         self._timer = self.scheduler.tell_every(
             self.interval_seconds,
             self.actor_ref,
@@ -223,11 +229,14 @@ class ServiceActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case Iterate():
+                self._first_iteration_pending = False
                 self._handle_iterate(message)
                 return None
             case GetMetrics():
                 return self.get_metrics()
             case Ping():
+                if self._first_iteration_pending:
+                    self._queue_first_iteration()
                 return True
             case Pause(reason=reason):
                 self._paused = True
@@ -256,6 +265,10 @@ class ServiceActor(pykka.ThreadingActor):
                 return None
 
     # --- the iteration ---------------------------------------------------------
+
+    def _queue_first_iteration(self) -> None:
+        self._first_iteration_pending = False
+        self.actor_ref.tell(Iterate(scheduled_at=self.clock.monotonic()))
 
     def _handle_iterate(self, message: Iterate) -> None:
         if message.catch_up:

@@ -28,6 +28,7 @@ from tickvisor.messages import (
     ResumeChild,
     StartChild,
     TerminateChild,
+    WhereIs,
     WhichChildren,
 )
 from tickvisor.supervision.spec import ChildSpec
@@ -99,6 +100,17 @@ class Control:
     def send(self, path: str, message: object) -> Any:
         """Ask the actor at ``path`` anything and return its reply."""
         return route(self.root, _parts(path), message, timeout=self.timeout)
+
+    def tell(self, path: str, message: object) -> None:
+        """Deliver ``message`` to the actor at ``path`` without waiting for it.
+
+        Unlike :meth:`send`, an exception the message raises is the actor's
+        own failure (pykka stops it and its supervisor takes over), which is
+        what a chaos drill such as :class:`~tickvisor.messages.Crash` wants.
+        """
+        parent, name = _split(path)
+        ref: pykka.ActorRef[Any] = self._ask(parent, WhereIs(name))
+        ref.tell(message)
 
     # --- the tree --------------------------------------------------------------
 

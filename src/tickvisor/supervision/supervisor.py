@@ -308,6 +308,10 @@ class Supervisor(pykka.ThreadingActor):
         child.pending = 0
         try:
             child.ref = child.spec.factory(self.actor_ref, child.generation)
+            if child.operator_paused:
+                # Queued ahead of the start probe, so a paused child never iterates.
+                child.held = True
+                child.ref.tell(Pause("operator"))
             child.ref.ask(Ping(), timeout=child.spec.start_timeout)
         except pykka.Timeout:
             # Not fatal by itself: the hang check replaces it if it never answers.
