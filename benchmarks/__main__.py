@@ -12,6 +12,7 @@ from benchmarks import (
     bench_candles_live,
     bench_candles_memory,
     bench_import,
+    bench_supervision,
     bench_symbol_cache,
 )
 from benchmarks._harness import Result, write_report
@@ -23,6 +24,7 @@ def main() -> None:
     results.append(bench_candles_memory.run())
     results.append(bench_candles_live.run())
     results += [bench_import.run(), *bench_import.run_postgres()]
+    results += bench_supervision.run()
     write_report(results)
     missed = [r.benchmark for r in results if not r.met]
     print("all goals met" if not missed else f"goals missed: {missed}")

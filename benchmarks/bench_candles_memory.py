@@ -6,8 +6,9 @@ seven timeframes, ``executemany`` upsert of the candles).
 
 Each side runs as its own child process, started from a clean slate (no
 candles, no progress cursors), and its peak RSS is the kernel's high-water
-mark for that process, read with ``os.wait4``: exact, and blind to this
-process's own memory. Both sides' candles are then compared, so the
+mark for that process, read with ``os.wait4`` by a small launcher process
+(Linux carries the high-water mark over ``exec``, so the launcher keeps
+this process's own size out of it). Both sides' candles are then compared, so the
 benchmark also says whether the two produced the same result.
 
 The 10M-tick file takes about half a minute to build and is cached under
@@ -168,20 +169,43 @@ class Measured:
     stdout: str
 
 
+#: Runs the measured command and writes its peak RSS (KiB) to the file named
+#: first. Linux carries ``ru_maxrss`` over ``execve``, so a command forked
+#: straight from this (large) benchmark process would report this process's
+#: size; forked from this small launcher instead, it reports its own.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(command: list[str]) -> Measured:
     """Run ``command`` to completion; its wall time and its own peak RSS (``ru_maxrss``)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as rss,
+    ):
         started = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=REPO)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, rss.name, *command],
+            stdout=out,
+            stderr=err,
+            cwd=REPO,
+            check=False,
+        )
         seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
+        peak_kib = int(rss.read() or 0)
     if proc.returncode != 0:
         raise RuntimeError(f"{command} exited {proc.returncode}: {stderr[-2000:]}")
-    return Measured(seconds, usage.ru_maxrss / 1024, stdout)  # ru_maxrss is in KiB on Linux
+    return Measured(seconds, peak_kib / 1024, stdout)  # ru_maxrss is in KiB on Linux
 
 
 def tickvisor_command(url: str) -> list[str]:
