@@ -7,6 +7,7 @@ is set; ``TICKVISOR_BENCH_LIVE_SECONDS`` shortens the live-lag run (default 60).
 from __future__ import annotations
 
 from benchmarks import (
+    bench_alerts,
     bench_breaker,
     bench_candles,
     bench_candles_live,
@@ -25,6 +26,7 @@ def main() -> None:
     results.append(bench_candles_live.run())
     results += [bench_import.run(), *bench_import.run_postgres()]
     results += bench_supervision.run()
+    results += bench_alerts.run()
     write_report(results)
     missed = [r.benchmark for r in results if not r.met]
     print("all goals met" if not missed else f"goals missed: {missed}")

@@ -29,6 +29,8 @@ TABLES = {
     "progress_cursors",
     "events",
     "alert_outbox",
+    "alert_notifications",
+    "alert_deliveries",
     "service_generations",
 }
 

@@ -26,6 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from tickvisor import __version__
 from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import (
+    AlertDeliveryConfig,
+    AlertsConfig,
     BreakerConfig,
     CandleServiceConfig,
     ConfigError,
@@ -33,6 +35,7 @@ from tickvisor.config import (
     ServicesConfig,
     TickvisorConfig,
     load_config,
+    with_alert_env,
 )
 from tickvisor.ingest import (
     DEFAULT_BATCH_SIZE,
@@ -43,10 +46,16 @@ from tickvisor.ingest import (
     open_tick_file,
 )
 from tickvisor.logs import configure_logging, get_logger
-from tickvisor.messages import Crash, InjectFailures
+from tickvisor.messages import Crash, FlushAlerts, InjectFailures
 from tickvisor.store.candles import CandleAggregator, CatchUpFailed
 from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
-from tickvisor.store.schema import candles, events, ticks
+from tickvisor.store.schema import (
+    alert_deliveries,
+    alert_notifications,
+    candles,
+    events,
+    ticks,
+)
 from tickvisor.store.ticks import symbols_with_ticks
 from tickvisor.supervision.control import Control
 from tickvisor.supervision.tree import build_tree, shutdown_budget
@@ -56,6 +65,9 @@ log = get_logger("tickvisor.cli")
 
 EXIT_OK = 0
 EXIT_ESCALATED = 1
+#: How long a stop waits for waiting alerts to be delivered (the rest stays in the outbox).
+RUN_DRAIN_SECONDS = 3.0
+DEMO_DRAIN_SECONDS = 10.0
 EXIT_USAGE = 2
 
 
@@ -258,10 +270,16 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def _run_tree(
     config: TickvisorConfig, url: str | None, *, seconds: float | None, demo: bool = False
 ) -> int:
+    try:
+        config = with_alert_env(config)
+    except ConfigError as exc:
+        log.error("config.rejected", error=str(exc))
+        raise UsageError(str(exc)) from None
     engine = _open(url)
     clock = RealClock()
     scheduler = ThreadScheduler(clock)
     stop = threading.Event()
+    closing = threading.Event()
     escalation: list[str] = []
 
     def on_escalate(reason: str) -> None:
@@ -274,7 +292,12 @@ def _run_tree(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     root = build_tree(
-        config, engine=engine, clock=clock, scheduler=scheduler, on_escalate=on_escalate
+        config,
+        engine=engine,
+        clock=clock,
+        scheduler=scheduler,
+        on_escalate=on_escalate,
+        closing=closing,
     )
     log.info(
         "tickvisor.started",
@@ -282,6 +305,7 @@ def _run_tree(
         database=safe_url(engine.url),
         services=[n for n, s in config.services.model_dump().items() if s and s["enabled"]],
         feed=config.feed.enabled,
+        alert_channels=config.alerts.channels(),
     )
     if demo:
         _stage_demo_faults(Control(root), scheduler)
@@ -295,6 +319,9 @@ def _run_tree(
         if not stop.is_set() and not root.is_alive():
             escalation.append("the root supervisor stopped unexpectedly")
     finally:
+        if not escalation:
+            _drain_alerts(Control(root), clock, DEMO_DRAIN_SECONDS if demo else RUN_DRAIN_SECONDS)
+        closing.set()
         _shutdown(root, scheduler, shutdown_budget(config))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -340,6 +367,25 @@ def _stage_demo_faults(control: Control, scheduler: ThreadScheduler) -> None:
     scheduler.call_later(3.0, drill(InjectFailures(3, "demo burst")))
 
 
+def _drain_alerts(control: Control, clock: RealClock, seconds: float) -> None:
+    """Send the alerts still waiting in their groups, and give delivery a moment.
+
+    Whatever is not delivered within ``seconds`` stays in the outbox and goes
+    out on the next start, so this wait is a courtesy, never a requirement.
+    """
+    try:
+        control.send("alerts/router", FlushAlerts())
+        deadline = clock.monotonic() + seconds
+        while clock.monotonic() < deadline:
+            outbox = control.metrics("alerts/router")["outbox"]
+            if not outbox.get("pending", 0):
+                return
+            threading.Event().wait(0.05)
+        log.warning("alerts.undelivered_at_stop", pending=outbox.get("pending"))
+    except Exception as exc:  # a broken alerts subtree must not stop the shutdown
+        log.warning("alerts.drain_failed", error=f"{type(exc).__name__}: {exc}")
+
+
 def _shutdown(root: pykka.ActorRef[Any], scheduler: ThreadScheduler, budget: float) -> None:
     """Stop the tree (children in reverse order), then the timers; leave no thread behind."""
     if root.is_alive():
@@ -367,6 +413,14 @@ def _demo_config() -> TickvisorConfig:
                 breaker=BreakerConfig(failure_threshold=3, timeout=2.0, half_open_max_calls=1),
             )
         ),
+        # Short waits, so the demo's few seconds show a breaker's open and
+        # resolved notifications on whatever channel the environment names.
+        alerts=AlertsConfig(
+            group_wait_seconds=0.5,
+            group_interval_seconds=1.0,
+            repeat_interval_seconds=3600.0,
+            delivery=AlertDeliveryConfig(try_seconds=5.0, sweep_interval_seconds=1.0),
+        ),
     )
 
 
@@ -390,12 +444,32 @@ def _print_demo_summary(engine: sa.Engine) -> None:
                 .order_by(events.c.id)
             )
         ]
+        notified = conn.execute(
+            sa.select(sa.func.count()).select_from(alert_notifications)
+        ).scalar_one()
+        deliveries = [
+            f"{row.channel} {row.status} {row.n}"
+            for row in conn.execute(
+                sa.select(
+                    alert_deliveries.c.channel,
+                    alert_deliveries.c.status,
+                    sa.func.count().label("n"),
+                )
+                .group_by(alert_deliveries.c.channel, alert_deliveries.c.status)
+                .order_by(alert_deliveries.c.channel, alert_deliveries.c.status)
+            )
+        ]
+    channels = (
+        ", ".join(deliveries)
+        or "log only (set SLACK_WEBHOOK_URL, ALERT_WEBHOOK_URL or ALERT_EMAIL)"
+    )
     print(
         "\ntickvisor demo summary\n"
         f"  ticks generated   : {tick_count}\n"
         f"  candles written   : {candle_count}\n"
         f"  breaker cycle     : {', '.join(transitions) or 'none'}\n"
-        f"  supervisor        : {', '.join(decisions) or 'none'}\n",
+        f"  supervisor        : {', '.join(decisions) or 'none'}\n"
+        f"  notifications     : {notified}; {channels}\n",
         file=sys.stderr,
     )
 

@@ -29,6 +29,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -41,19 +42,26 @@ __all__ = [
     "DEFAULT_FEED_SYMBOLS",
     "LOG_LEVELS",
     "TIMEFRAMES",
+    "AlertDeliveryConfig",
+    "AlertRoute",
+    "AlertsConfig",
     "BreakerConfig",
     "CandleServiceConfig",
     "ConfigError",
     "DatabaseConfig",
+    "EmailConfig",
     "FeedConfig",
     "LoggingConfig",
     "ServiceConfig",
     "ServicesConfig",
+    "SlackConfig",
     "SupervisorConfig",
     "TickvisorConfig",
     "Timeframe",
+    "WebhookConfig",
     "load_config",
     "parse_config",
+    "with_alert_env",
 ]
 
 Timeframe = Literal["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
@@ -333,6 +341,91 @@ class CandleServiceConfig(ServiceConfig):
     batch_ticks: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
+class SlackConfig(_Model):
+    """A Slack incoming webhook. The URL is the secret: it is never logged or shown."""
+
+    webhook_url: SecretStr
+    timeout_seconds: Seconds = 10.0
+    #: Slack accepts about one message per second per webhook.
+    min_interval_seconds: NonNegativeSeconds = 1.0
+
+
+class EmailConfig(_Model):
+    """SMTP delivery: STARTTLS (587), SMTPS (465), or plain for an explicit local relay."""
+
+    to: Annotated[list[str], AfterValidator(_non_empty_unique)]
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    user: str | None = None
+    password: SecretStr | None = None
+    sender: str = "tickvisor@localhost"
+    timeout_seconds: Seconds = 10.0
+    #: A CA bundle to verify the server's certificate with, instead of the system's.
+    ca_file: Path | None = None
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"starttls": 587, "ssl": 465, "none": 25}[self.security]
+
+
+class WebhookConfig(_Model):
+    """A generic webhook, signed per the Standard Webhooks spec with a ``whsec_`` secret."""
+
+    url: SecretStr
+    secret: SecretStr
+    timeout_seconds: Seconds = 10.0
+
+
+class AlertRoute(_Model):
+    """Send matching notifications to ``channels``; an absent matcher matches anything."""
+
+    channels: Annotated[
+        list[Literal["slack", "email", "webhook"]], AfterValidator(_non_empty_unique)
+    ]
+    severity: list[Literal["critical", "warning", "info"]] | None = None
+    service: list[str] | None = None
+
+
+class AlertDeliveryConfig(_Model):
+    """How hard a channel tries, and how long the outbox keeps things."""
+
+    #: One delivery: tenacity attempts, bounded in total time.
+    attempts_per_try: Count = 5
+    try_seconds: Seconds = 60.0
+    retry_after_cap_seconds: Seconds = 60.0
+    #: Across tries (the outbox retries later, across restarts too).
+    max_tries: Count = 10
+    retry_interval_seconds: Seconds = 60.0
+    max_age_seconds: Seconds = 86_400.0
+    #: Delivered and dead-lettered notifications are purged after this long.
+    retention_seconds: Seconds = 7 * 86_400.0
+    #: How often the outbox is swept for due retries and old rows.
+    sweep_interval_seconds: Seconds = 5.0
+
+
+class AlertsConfig(_Model):
+    """Routing, grouping and channels of the alerts actor (the log channel is always on)."""
+
+    group_by: Annotated[
+        list[Literal["service", "kind", "severity", "supervisor"]], AfterValidator(_unique)
+    ] = Field(default=["service"])
+    group_wait_seconds: NonNegativeSeconds = 30.0
+    group_interval_seconds: NonNegativeSeconds = 300.0
+    repeat_interval_seconds: NonNegativeSeconds = 14_400.0
+    #: A breaker that opens this many times within ``flap_window_seconds`` is flapping.
+    flap_transitions: int = Field(default=3, ge=2)
+    flap_window_seconds: Seconds = 600.0
+    routes: list[AlertRoute] = Field(default_factory=list)
+    delivery: AlertDeliveryConfig = Field(default_factory=AlertDeliveryConfig)
+    slack: SlackConfig | None = None
+    email: EmailConfig | None = None
+    webhook: WebhookConfig | None = None
+
+    def channels(self) -> list[str]:
+        return [name for name in ("slack", "email", "webhook") if getattr(self, name) is not None]
+
+
 class ServicesConfig(_Model):
     """One optional entry per service; an absent entry means the service is not run."""
 
@@ -361,6 +454,74 @@ class TickvisorConfig(_Model):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     feed: FeedConfig = Field(default_factory=FeedConfig)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+
+# --------------------------------------------------------------------------- alert env
+
+
+def with_alert_env(
+    config: TickvisorConfig, env: Mapping[str, str] | None = None
+) -> TickvisorConfig:
+    """The seed's environment variables configure alert channels the file leaves out.
+
+    ``SLACK_WEBHOOK_URL``; ``ALERT_WEBHOOK_URL`` with ``ALERT_WEBHOOK_SECRET``;
+    ``ALERT_EMAIL`` with ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER``,
+    ``SMTP_PASSWORD`` and ``SMTP_SECURITY``. A channel in the file wins over
+    the environment. Raises :class:`ConfigError` naming the variable at fault.
+    """
+    env = os.environ if env is None else env
+    alerts = config.alerts
+    update: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def build(model: type[_Model], data: dict[str, Any], names: str) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                problems.append(f"environment ({names}): {where}: {error['msg']}")
+            return None
+
+    if alerts.slack is None and env.get("SLACK_WEBHOOK_URL"):
+        update["slack"] = build(
+            SlackConfig, {"webhook_url": env["SLACK_WEBHOOK_URL"]}, "SLACK_WEBHOOK_URL"
+        )
+    if alerts.webhook is None and env.get("ALERT_WEBHOOK_URL"):
+        if not env.get("ALERT_WEBHOOK_SECRET"):
+            problems.append(
+                "environment: ALERT_WEBHOOK_URL is set but ALERT_WEBHOOK_SECRET is not; "
+                "webhooks are always signed"
+            )
+        else:
+            update["webhook"] = build(
+                WebhookConfig,
+                {"url": env["ALERT_WEBHOOK_URL"], "secret": env["ALERT_WEBHOOK_SECRET"]},
+                "ALERT_WEBHOOK_URL, ALERT_WEBHOOK_SECRET",
+            )
+    if alerts.email is None and env.get("ALERT_EMAIL"):
+        if not env.get("SMTP_HOST"):
+            problems.append("environment: ALERT_EMAIL is set but SMTP_HOST is not")
+        else:
+            data: dict[str, Any] = {
+                "to": [a.strip() for a in env["ALERT_EMAIL"].split(",") if a.strip()],
+                "host": env["SMTP_HOST"],
+            }
+            for var, key in (
+                ("SMTP_PORT", "port"),
+                ("SMTP_USER", "user"),
+                ("SMTP_PASSWORD", "password"),
+                ("SMTP_SECURITY", "security"),
+            ):
+                if env.get(var):
+                    data[key] = env[var].strip().lower() if key == "security" else env[var]
+            update["email"] = build(EmailConfig, data, "ALERT_EMAIL, SMTP_*")
+    if problems:
+        raise ConfigError(*problems)
+    if not update:
+        return config
+    return config.model_copy(update={"alerts": alerts.model_copy(update=update)})
 
 
 # --------------------------------------------------------------------------- loading

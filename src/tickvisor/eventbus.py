@@ -47,6 +47,18 @@ class EventBus:
             except pykka.ActorDeadError:
                 log.debug("eventbus.subscriber_dead", subscriber=key)
 
+    def tell_to(self, key: str, message: object) -> bool:
+        """Deliver ``message`` to the one subscriber under ``key``; False if none is alive."""
+        with self._lock:
+            ref = self._subscribers.get(key)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
     def subscribers(self) -> list[str]:
         with self._lock:
             return sorted(self._subscribers)

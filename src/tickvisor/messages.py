@@ -9,7 +9,10 @@ copying and logged without fear that someone changes it afterwards.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tickvisor.alerts.notification import Notification
 
 # --- control messages (to a service) ----------------------------------------
 
@@ -253,3 +256,31 @@ class DeleteChild:
     """Forget a stopped child's spec (OTP's ``delete_child``)."""
 
     child: str
+
+
+# --- alerting (between the alerts actor and its channel actors) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverNotifications:
+    """To a channel actor: deliver these (already in the outbox as pending for it)."""
+
+    notifications: tuple[Notification, ...]
+    #: Tries already made, per notification id (from the outbox).
+    attempts: tuple[int, ...] = ()
+    #: When each was first queued, epoch ms (for the max-age dead-letter rule).
+    created_ms: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelDisabled:
+    """From a channel actor: its endpoint is gone for good (HTTP 410); tell the others."""
+
+    channel: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlushAlerts:
+    """To the alerts actor: send every waiting group now (shutdown, demos, tests)."""

@@ -136,6 +136,9 @@ events = Table(
     Index(None, "ts_ms"),
 )
 
+#: One row per alert, written before anything else happens to it: the alert
+#: actor's durable inbox. ``pending`` alerts wait in their group; a flush turns
+#: them into a notification and marks them ``notified`` in the same transaction.
 alert_outbox = Table(
     "alert_outbox",
     metadata,
@@ -143,11 +146,38 @@ alert_outbox = Table(
     Column("created_ms", BigInteger, nullable=False),
     Column("severity", String(16), nullable=False),
     Column("service", String(64), nullable=True),
+    Column("group_key", String(200), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("status", String(16), nullable=False, server_default=text("'pending'")),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("notification_id", String(64), nullable=True),
     Column("updated_ms", BigInteger, nullable=False),
     Index(None, "status", "created_ms"),
+    Index(None, "notification_id"),
+)
+
+#: What was (or is to be) sent: one row per notification, its rendered content.
+alert_notifications = Table(
+    "alert_notifications",
+    metadata,
+    Column("notification_id", String(64), primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("group_key", String(200), nullable=False),
+    Column("payload", JSON, nullable=False),
+)
+
+#: Per notification and channel: pending until delivered, dead-lettered or disabled.
+alert_deliveries = Table(
+    "alert_deliveries",
+    metadata,
+    Column("notification_id", String(64), primary_key=True),
+    Column("channel", String(32), primary_key=True),
+    Column("status", String(16), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Column("last_error", String(500), nullable=True),
+    Index(None, "status", "next_attempt_ms"),
 )
 
 service_generations = Table(
@@ -210,6 +240,8 @@ def _on_conflict(stmt: Any, index_elements: Sequence[str], update_columns: Seque
 
 
 __all__ = [
+    "alert_deliveries",
+    "alert_notifications",
     "alert_outbox",
     "candles",
     "events",

@@ -3,7 +3,8 @@
 ::
 
     root (one_for_one)
-    ├── alerts     AlertActor (log channel; Slack, e-mail, webhooks join later)
+    ├── alerts     Supervisor: one ChannelActor per configured channel, then
+    │              the router (AlertActor: log channel, grouping, outbox)
     ├── feed       FeedActor (optional)
     └── services   Supervisor (strategy, intensity and backoff from config)
         └── candles ... one child per enabled service
@@ -15,6 +16,7 @@ restarted alerts actor keeps receiving without anyone holding its old ref.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,10 @@ from tickvisor.actors.base import ServiceActor
 from tickvisor.actors.candles import CandleService
 from tickvisor.actors.feed import FeedActor
 from tickvisor.alerts.actor import AlertActor
+from tickvisor.alerts.channel_actor import ChannelActor
+from tickvisor.alerts.channels.base import Channel
+from tickvisor.alerts.outbox import Outbox
+from tickvisor.alerts.setup import channels_from_config
 from tickvisor.clock import Clock, Scheduler
 from tickvisor.config import ServiceConfig, TickvisorConfig
 from tickvisor.eventbus import EventBus
@@ -38,6 +44,7 @@ SERVICE_TYPES: dict[str, type[ServiceActor]] = {"candles": CandleService}
 
 ROOT = "root"
 ALERTS = "alerts"
+ROUTER = "router"
 FEED = "feed"
 SERVICES = "services"
 
@@ -65,17 +72,32 @@ def build_tree(
     scheduler: Scheduler,
     on_escalate: Callable[[str], None] | None = None,
     bus: EventBus | None = None,
+    closing: threading.Event | None = None,
 ) -> pykka.ActorRef[Any]:
-    """Start the whole tree and return the root supervisor's ref."""
+    """Start the whole tree and return the root supervisor's ref.
+
+    Set ``closing`` before stopping the tree: alert channels then stop
+    waiting (pacing, retry backoff) at once and leave the rest in the outbox.
+    """
     bus = bus or EventBus()
     sup = config.supervisor
     intensity = Intensity(sup.max_restarts, sup.within_seconds)
     backoff = backoff_from_config(config)
 
-    def start_alerts(_parent: pykka.ActorRef[Any], _generation: int) -> pykka.ActorRef[Any]:
-        ref = AlertActor.start(engine, clock)
-        bus.subscribe(ALERTS, ref)
-        return ref
+    closing = closing or threading.Event()
+    alert_channels = config.alerts.channels()
+
+    def start_alerts(parent: pykka.ActorRef[Any], generation: int) -> pykka.ActorRef[Any]:
+        return start_alerting(
+            config,
+            engine=engine,
+            clock=clock,
+            scheduler=scheduler,
+            bus=bus,
+            closing=closing,
+            parent=parent,
+            generation=generation,
+        )
 
     def service_spec(name: str, service_config: ServiceConfig) -> ChildSpec:
         actor_class = SERVICE_TYPES[name]
@@ -119,7 +141,12 @@ def build_tree(
         )
 
     root_specs = [
-        ChildSpec(name=ALERTS, factory=start_alerts, shutdown_timeout=sup.shutdown_timeout)
+        ChildSpec(
+            name=ALERTS,
+            factory=start_alerts,
+            is_supervisor=True,
+            shutdown_timeout=sup.shutdown_timeout * (len(alert_channels) + 2),
+        )
     ]
     if config.feed.enabled:
         feed = config.feed
@@ -163,4 +190,68 @@ def build_tree(
 
 def shutdown_budget(config: TickvisorConfig) -> float:
     """How long stopping the whole tree may take: every child's timeout, in sequence."""
-    return config.supervisor.shutdown_timeout * (len(enabled_services(config)) + 3)
+    children = len(enabled_services(config)) + len(config.alerts.channels()) + 4
+    return config.supervisor.shutdown_timeout * children
+
+
+def start_alerting(
+    config: TickvisorConfig,
+    *,
+    engine: Engine,
+    clock: Clock,
+    scheduler: Scheduler,
+    bus: EventBus,
+    closing: threading.Event,
+    parent: pykka.ActorRef[Any] | None = None,
+    generation: int = 1,
+) -> pykka.ActorRef[Any]:
+    """The alerts subtree: a supervisor over one ChannelActor per channel, then the router.
+
+    Channels start first: the router hands them a previous run's pending
+    deliveries as soon as it starts. The router subscribes to ``bus`` under
+    ``alerts``; channel actors register in a registry of their own, so a
+    restarted channel is found by name.
+    """
+    alerts_config = config.alerts
+    sup = config.supervisor
+    channel_refs = EventBus()  # channel name -> the channel actor's current ref
+    outbox = Outbox(engine)
+
+    def channel_spec(name: str, channel: Channel) -> ChildSpec:
+        def start(_parent: pykka.ActorRef[Any], _generation: int) -> pykka.ActorRef[Any]:
+            ref = ChannelActor.start(
+                channel,
+                outbox,
+                clock=clock,
+                delivery=alerts_config.delivery,
+                closing=closing,
+                on_disabled=lambda event: bus.tell_to(ALERTS, event),
+            )
+            channel_refs.subscribe(name, ref)
+            return ref
+
+        return ChildSpec(name=name, factory=start, shutdown_timeout=sup.shutdown_timeout)
+
+    def start_router(_parent: pykka.ActorRef[Any], _generation: int) -> pykka.ActorRef[Any]:
+        ref = AlertActor.start(engine, clock, scheduler, alerts_config, channel_refs)
+        bus.subscribe(ALERTS, ref)
+        return ref
+
+    specs = [channel_spec(n, c) for n, c in channels_from_config(alerts_config).items()]
+    specs.append(
+        ChildSpec(name=ROUTER, factory=start_router, shutdown_timeout=sup.shutdown_timeout)
+    )
+    return Supervisor.start(
+        ALERTS,
+        specs,
+        clock=clock,
+        scheduler=scheduler,
+        strategy=ONE_FOR_ONE,
+        intensity=Intensity(sup.max_restarts, sup.within_seconds),
+        backoff=backoff_from_config(config),
+        check_interval=sup.check_interval_seconds,
+        parent=parent,
+        path=f"{ROOT}/{ALERTS}" if parent is not None else ALERTS,
+        generation=generation,
+        events=bus,
+    )
