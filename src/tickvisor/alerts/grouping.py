@@ -23,7 +23,7 @@ the alert actor persists what it decides and tests drive it on a fake clock.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from uuid import uuid4
@@ -85,17 +85,23 @@ class _Group:
 class Grouper:
     """Holds alerts by group and hands out notifications when they are due."""
 
-    def __init__(self, policy: GroupingPolicy) -> None:
+    def __init__(self, policy: GroupingPolicy, memory: int = 50_000) -> None:
         self.policy = policy
         self._groups: dict[str, _Group] = {}
+        #: Ids seen lately, pending or already sent: the same event twice is one alert.
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._memory = memory
 
     def add(self, alert: Alert, now: float) -> None:
+        if alert.id in self._seen:
+            return
+        self._seen[alert.id] = None
+        while len(self._seen) > self._memory:
+            self._seen.popitem(last=False)
         key = alert.group_key(self.policy.group_by)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(key, alert.service)
-        if any(a.id == alert.id for a in group.pending):
-            return  # the same event twice is one alert
         if not group.pending:
             group.first_pending_at = now
         group.pending.append(alert)
