@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from benchmarks._harness import Result
 from benchmarks.bench_supervision import percentile, production_logging
 from tickvisor.actors.base import ServiceActor
+from tickvisor.alerts.outbox import Outbox
 from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import BreakerConfig, ServiceConfig, TickvisorConfig
 from tickvisor.eventbus import EventBus
@@ -164,14 +165,8 @@ def storm(transitions: int = 1_000, services: int = 50, seconds: float = 10.0) -
             time.sleep(max(0.0, started + seconds * (i + 1) / transitions - time.monotonic()))
 
         def settled() -> bool:
-            with engine.connect() as conn:
-                waiting = conn.execute(
-                    sa.select(sa.func.count()).where(alert_outbox.c.status == "pending")
-                ).scalar_one()
-                pending = conn.execute(
-                    sa.select(sa.func.count()).where(alert_deliveries.c.status == "pending")
-                ).scalar_one()
-            return waiting == 0 and pending == 0
+            counts = Outbox(engine).counts()
+            return counts.get("pending", 0) == 0 and counts["alerts_waiting"] == 0
 
         deadline = time.monotonic() + 120
         while not settled() and time.monotonic() < deadline:

@@ -41,7 +41,15 @@ import structlog
 from benchmarks._harness import Result, interleaved_medians
 from tickvisor.clock import RealClock
 from tickvisor.logs import configure_logging
-from tickvisor.messages import ChildExited, Crash, CrashRequested, GetStatus, Ping, WhereIs
+from tickvisor.messages import (
+    ChildExited,
+    Crash,
+    CrashRequested,
+    GetStatus,
+    Ping,
+    WhereIs,
+    report_exit,
+)
 from tickvisor.supervision import ChildSpec, Control, Intensity, Supervisor, route
 
 ASK = 5.0
@@ -109,9 +117,7 @@ class Child(pykka.ThreadingActor):
         return self.generation
 
     def on_stop(self) -> None:
-        if self.parent is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.parent.tell(ChildExited(self.name, self.generation, None))
+        report_exit(self.parent, ChildExited(self.name, self.generation, None))
 
     def on_failure(
         self,
@@ -119,12 +125,10 @@ class Child(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.parent is not None:
-            kind = exception_type.__name__ if exception_type else "crash"
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.parent.tell(
-                    ChildExited(self.name, self.generation, f"{kind}: {exception_value}", kind)
-                )
+        kind = exception_type.__name__ if exception_type else "crash"
+        report_exit(
+            self.parent, ChildExited(self.name, self.generation, f"{kind}: {exception_value}", kind)
+        )
 
 
 def child_spec(name: str, probe: Probe | None = None) -> ChildSpec:

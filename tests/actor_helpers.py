@@ -9,7 +9,7 @@ from typing import Any
 
 import pykka
 
-from tickvisor.messages import GetMetrics
+from tickvisor.messages import GetMetrics, SupervisorEvent
 
 ASK = 10.0
 
@@ -35,3 +35,20 @@ def wait_first_iteration(ref: pykka.ActorRef[Any]) -> None:
     test that wants to see the first iteration's effects waits for it.
     """
     wait_for(lambda: metrics(ref)["iteration_count"] >= 1, "the first iteration")
+
+
+class Collector(pykka.ThreadingActor):
+    """Stands where the alerts actor stands: keeps every supervisor event (ask it "events")."""
+
+    use_daemon_thread = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[SupervisorEvent] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "events":
+            return list(self.events)
+        if isinstance(message, SupervisorEvent):
+            self.events.append(message)
+        return None

@@ -26,6 +26,7 @@ import pykka
 import pytest
 import sqlalchemy as sa
 
+from tickvisor.alerts.outbox import Outbox
 from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import TickvisorConfig
 from tickvisor.eventbus import EventBus
@@ -316,14 +317,8 @@ def test_sigkill_during_a_storm_loses_no_alert(tmp_path: Path) -> None:
         engine = open_database(db)
 
         def unfinished() -> int:
-            with engine.connect() as conn:
-                waiting = conn.execute(
-                    sa.select(sa.func.count()).where(alert_outbox.c.status == "pending")
-                ).scalar_one()
-                pending = conn.execute(
-                    sa.select(sa.func.count()).where(alert_deliveries.c.status == "pending")
-                ).scalar_one()
-            return int(waiting) + int(pending)
+            counts = Outbox(engine).counts()
+            return counts.get("pending", 0) + counts["alerts_waiting"]
 
         assert unfinished() > 0, "the kill came mid-storm"
         drain = launch("drain")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actor_helpers import wait_for
+from actor_helpers import Collector, wait_for
 from tickvisor.clock import FakeClock, SteppedScheduler
 from tickvisor.messages import ChildExited, Crash, CrashRequested, Ping, SupervisorEvent
 from tickvisor.supervision import (
@@ -86,23 +86,6 @@ class Worker(pykka.ThreadingActor):
             self.gate.wait(30)
             return None
         return (self.name, self.generation)
-
-
-class Collector(pykka.ThreadingActor):
-    """Stands where the alerts actor stands: keeps every supervisor event."""
-
-    use_daemon_thread = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[SupervisorEvent] = []
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "events":
-            return list(self.events)
-        if isinstance(message, SupervisorEvent):
-            self.events.append(message)
-        return None
 
 
 def spec(name: str, journal: list[str], **kwargs: Any) -> ChildSpec:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from actor_helpers import wait_for
+from actor_helpers import Collector, wait_for
 from candle_oracle import assert_matches_oracle
 from tickvisor.actors.base import ServiceActor
 from tickvisor.actors.candles import CandleService
@@ -57,19 +57,11 @@ class Steady(ServiceActor):
         return len(symbols)
 
 
-class Collector(pykka.ThreadingActor):
-    use_daemon_thread = True
+class Discovering(Steady):
+    """Finds its symbols in its data, so they go through its symbol cache."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.events: list[SupervisorEvent] = []
-
-    def on_receive(self, message: Any) -> Any:
-        if message == "events":
-            return list(self.events)
-        if isinstance(message, SupervisorEvent):
-            self.events.append(message)
-        return None
+    def discover_symbols(self) -> list[str]:
+        return ["EUR/USD", "USD/JPY"]
 
 
 def decisions(collector: pykka.ActorRef[Any]) -> list[tuple[str, int, str]]:
@@ -241,6 +233,31 @@ def test_an_operator_pause_outlives_a_restart(
     rig.control.resume("svc")
     rig.step(2, "svc")
     assert rig.control.metrics("svc")["iteration_count"] == 2
+
+
+def test_control_resets_a_breaker_and_invalidates_a_symbol_cache(
+    engine: Engine, clock: FakeClock, scheduler: SteppedScheduler
+) -> None:
+    config = ServiceConfig(
+        interval_seconds=1.0, breaker=BreakerConfig(failure_threshold=2, timeout=60.0)
+    )
+    rig = Rig(engine, clock, scheduler, lambda r: [r.service("svc", config, Discovering)])
+    rig.control.send("svc", InjectFailures(2))
+    rig.step(2, "svc")
+    assert rig.control.which_children()[0]["state"] == "paused"
+
+    assert rig.control.reset_breaker("svc")["state"] == "closed"
+    rig.settle("svc")
+    node = rig.control.which_children()[0]
+    assert (node["state"], node["breaker_state"]) == ("running", "closed")
+    assert ("child.resumed", 1, "breaker_closed") in decisions(rig.collector)
+
+    reloads = rig.control.metrics("svc")["symbol_cache"]["reloads"]
+    rig.step(1, "svc")  # within the TTL: served from the cache
+    assert rig.control.metrics("svc")["symbol_cache"]["reloads"] == reloads
+    rig.control.invalidate_cache("svc")
+    rig.step(1, "svc")
+    assert rig.control.metrics("svc")["symbol_cache"]["reloads"] == reloads + 1
 
 
 # --- fencing ---------------------------------------------------------------------------

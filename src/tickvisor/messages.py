@@ -8,8 +8,11 @@ copying and logged without fear that someone changes it afterwards.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+import pykka
 
 if TYPE_CHECKING:
     from tickvisor.alerts.notification import Notification
@@ -145,6 +148,18 @@ class ChildExited:
     @property
     def abnormal(self) -> bool:
         return self.error is not None
+
+
+def report_exit(parent: pykka.ActorRef[Any] | None, exited: ChildExited) -> None:
+    """Tell a child's supervisor that it stopped; without a parent, or with a dead one, no-op.
+
+    Every supervised actor calls this from its ``on_stop`` and ``on_failure``:
+    pykka itself tells nobody when an actor stops.
+    """
+    if parent is None:
+        return
+    with contextlib.suppress(pykka.ActorDeadError):  # the parent is gone: nobody to tell
+        parent.tell(exited)
 
 
 @dataclass(frozen=True, slots=True)

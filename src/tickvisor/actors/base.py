@@ -16,7 +16,6 @@ coalescing) is here, once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 from collections import deque
@@ -43,6 +42,7 @@ from tickvisor.messages import (
     Ping,
     ResetBreaker,
     Resume,
+    report_exit,
 )
 from tickvisor.store.engine import is_database_fault
 from tickvisor.store.fencing import Fence, FencedOut, claim_fence
@@ -469,14 +469,4 @@ class ServiceActor(pykka.ThreadingActor):
             self._timer = None
 
     def _report_exit(self, error: str | None, error_type: str | None) -> None:
-        if self.parent is None:
-            return
-        with contextlib.suppress(pykka.ActorDeadError):  # the parent is gone: nobody to tell
-            self.parent.tell(
-                ChildExited(
-                    child=self.name,
-                    generation=self.generation,
-                    error=error,
-                    error_type=error_type,
-                )
-            )
+        report_exit(self.parent, ChildExited(self.name, self.generation, error, error_type))

@@ -5,8 +5,8 @@ actor is subscribed there. For each event it
 
 1. raises the alert on the log channel (``alert.raised``, with severity),
    which gets everything, always;
-2. keeps the event in the ``events`` table and the alert in the outbox,
-   before anything else happens to it;
+2. keeps the event in the ``events`` table and the alert in the outbox, in
+   one transaction, before anything else happens to it;
 3. adds it to its group (:mod:`tickvisor.alerts.grouping`), and when the
    group is due writes the notification and its deliveries (one
    transaction) and hands it to the channel actors chosen by the routes.
@@ -18,7 +18,6 @@ old rows. On start, alerts that were waiting in a group go back into it.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pykka
@@ -36,14 +35,12 @@ from tickvisor.logs import get_logger
 from tickvisor.messages import (
     BreakerTransition,
     ChannelDisabled,
-    ChildExited,
     DeliverNotifications,
     FlushAlerts,
     GetMetrics,
     Ping,
     SupervisorEvent,
 )
-from tickvisor.store.schema import events
 
 log = get_logger("tickvisor.alerts")
 
@@ -97,7 +94,6 @@ class AlertActor(pykka.ThreadingActor):
         self._flush_timer: Timer | None = None
         self._flush_at: float | None = None
         self._sweep_timer: Timer | None = None
-        self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -133,19 +129,7 @@ class AlertActor(pykka.ThreadingActor):
             case BreakerTransition() | SupervisorEvent():
                 alert = alert_from_event(message)
                 if alert is not None:
-                    self._record(alert.line.kind, alert.service, message.as_dict())
                     self._accept(alert, message.as_dict())
-            case ChildExited():
-                self._record(
-                    "child.exited",
-                    message.child,
-                    {
-                        "child": message.child,
-                        "generation": message.generation,
-                        "error": message.error,
-                        "error_type": message.error_type,
-                    },
-                )
             case ChannelDisabled():
                 self._channel_disabled(message)
             case _FlushDue():
@@ -166,10 +150,11 @@ class AlertActor(pykka.ThreadingActor):
         return None
 
     def metrics(self) -> dict[str, Any]:
+        outbox: dict[str, Any]
         try:
-            outbox = self.outbox.counts()
+            outbox = dict(self.outbox.counts())
         except Exception as exc:
-            outbox = {"error": f"{type(exc).__name__}: {exc}"}  # type: ignore[dict-item]
+            outbox = {"error": f"{type(exc).__name__}: {exc}"}
         return {
             "raised": self.raised,
             "recorded": self.recorded,
@@ -196,7 +181,8 @@ class AlertActor(pykka.ThreadingActor):
         )
         key = alert.group_key(self.grouper.policy.group_by)
         try:
-            self.outbox.record_alert(alert, key, now_ms(self.clock))
+            if self.outbox.record_alert(alert, key, now_ms(self.clock), event=payload):
+                self.recorded += 1
         except Exception as exc:
             # Not durable, but not lost while this process lives: group it anyway.
             log.error("alerts.outbox_write_failed", alert_id=alert.id, error=str(exc))
@@ -217,18 +203,6 @@ class AlertActor(pykka.ThreadingActor):
         )
         alert = Alert(line, service=None, supervisor="alerts")
         self._accept(alert, {"channel": message.channel, "reason": message.reason})
-
-    def _record(self, kind: str, service: str | None, payload: dict[str, Any]) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    events.insert().values(
-                        ts_ms=now_ms(self.clock), kind=kind, service=service, payload=payload
-                    )
-                )
-            self.recorded += 1
-        except Exception as exc:
-            log.warning("events.record_failed", kind=kind, error=f"{type(exc).__name__}: {exc}")
 
     # --- grouping and dispatch ----------------------------------------------------------
 

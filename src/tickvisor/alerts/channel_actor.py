@@ -97,9 +97,7 @@ class ChannelActor(pykka.ThreadingActor):
             case _SendNext():
                 self._send_pending = False
                 self._send_batch()
-                if self._queue and not self._send_pending:
-                    self._send_pending = True
-                    self.actor_ref.tell(_SendNext())
+                self._send_soon()
             case GetMetrics():
                 return self.metrics()
             case Ping():
@@ -126,6 +124,13 @@ class ChannelActor(pykka.ThreadingActor):
             created = message.created_ms[index] if index < len(message.created_ms) else now
             self._queue.append((notification, attempts, created))
             self._queued.add(notification.id)
+        self._send_soon()
+
+    def _send_soon(self) -> None:
+        """One _SendNext at the back of the inbox while anything is queued.
+
+        Deliveries that arrive before it is handled join the same batch.
+        """
         if self._queue and not self._send_pending:
             self._send_pending = True
             self.actor_ref.tell(_SendNext())

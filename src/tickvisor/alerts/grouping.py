@@ -159,15 +159,15 @@ class Grouper:
         opened_here = any(a.line.to_state in FIRING_STATES for a in breaker)
         resolved = bool(breaker) and not firing and (was_firing or opened_here)
 
-        others = [a for a in alerts if not a.is_breaker]
+        other_lines = _merged(a.line for a in alerts if not a.is_breaker)
         lines: list[AlertLine] = []
         if flapping and breaker:
             lines.append(self._flapping_line(group, breaker))
         else:
             lines.extend(_merged(a.line for a in breaker))
-        lines.extend(_merged(a.line for a in others))
+        lines.extend(other_lines)
 
-        severities: list[Severity] = [line.severity for line in _merged(a.line for a in others)]
+        severities: list[Severity] = [line.severity for line in other_lines]
         if flapping and breaker:
             severities.append("critical")
         elif firing and breaker:

@@ -23,7 +23,13 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from tickvisor.alerts.model import Alert
 from tickvisor.alerts.notification import Notification
-from tickvisor.store.schema import alert_deliveries, alert_notifications, alert_outbox, upsert
+from tickvisor.store.schema import (
+    alert_deliveries,
+    alert_notifications,
+    alert_outbox,
+    events,
+    upsert,
+)
 
 PENDING, NOTIFIED = "pending", "notified"
 DELIVERED, DEAD, DISABLED = "delivered", "dead", "disabled"
@@ -47,7 +53,13 @@ class Outbox:
 
     # --- alerts -------------------------------------------------------------------
 
-    def record_alert(self, alert: Alert, group_key: str, now_ms: int) -> None:
+    def record_alert(
+        self, alert: Alert, group_key: str, now_ms: int, *, event: dict[str, Any] | None = None
+    ) -> bool:
+        """Keep the alert, and the ``event`` it came from in ``events``; one transaction.
+
+        Returns False, and writes nothing, when the alert was already recorded.
+        """
         row = {
             "alert_id": alert.id,
             "created_ms": now_ms,
@@ -59,7 +71,15 @@ class Outbox:
             "updated_ms": now_ms,
         }
         with self.engine.begin() as conn:
-            upsert(conn, alert_outbox, row, ["alert_id"], [])
+            if not upsert(conn, alert_outbox, row, ["alert_id"], []):
+                return False
+            if event is not None:
+                conn.execute(
+                    events.insert().values(
+                        ts_ms=now_ms, kind=alert.line.kind, service=alert.service, payload=event
+                    )
+                )
+        return True
 
     def pending_alerts(self) -> list[Alert]:
         with self.engine.connect() as conn:
@@ -197,7 +217,7 @@ class Outbox:
         ]
 
     def mark_delivered(self, notification_ids: Sequence[str], channel: str, now_ms: int) -> None:
-        self._set(notification_ids, channel, now_ms, status=DELIVERED, bump=True, error=None)
+        self._set(notification_ids, channel, now_ms, status=DELIVERED, error=None)
 
     def mark_retry(
         self, notification_ids: Sequence[str], channel: str, error: str, next_ms: int, now_ms: int
@@ -207,7 +227,6 @@ class Outbox:
             channel,
             now_ms,
             status=PENDING,
-            bump=True,
             error=error,
             next_attempt_ms=next_ms,
         )
@@ -215,7 +234,7 @@ class Outbox:
     def mark_dead(
         self, notification_ids: Sequence[str], channel: str, error: str, now_ms: int
     ) -> None:
-        self._set(notification_ids, channel, now_ms, status=DEAD, bump=True, error=error)
+        self._set(notification_ids, channel, now_ms, status=DEAD, error=error)
 
     def disable_channel(self, channel: str, reason: str, now_ms: int) -> int:
         """Every pending delivery of a retired endpoint: ``disabled``. Returns how many."""
@@ -234,15 +253,17 @@ class Outbox:
         now_ms: int,
         *,
         status: str,
-        bump: bool,
         error: str | None,
         **extra: Any,
     ) -> None:
         if not notification_ids:
             return
-        values: dict[str, Any] = {"status": status, "updated_ms": now_ms, **extra}
-        if bump:
-            values["attempts"] = alert_deliveries.c.attempts + 1
+        values: dict[str, Any] = {
+            "status": status,
+            "updated_ms": now_ms,
+            "attempts": alert_deliveries.c.attempts + 1,  # every mark ends one try
+            **extra,
+        }
         if error is not None:
             values["last_error"] = error[:500]
         with self.engine.begin() as conn:

@@ -53,6 +53,7 @@ from tickvisor.messages import (
     TerminateChild,
     WhereIs,
     WhichChildren,
+    report_exit,
 )
 from tickvisor.supervision.policy import NO_BACKOFF, Backoff, Intensity, RestartLog
 from tickvisor.supervision.spec import BreakerPolicy, ChildSpec, RestartType
@@ -214,9 +215,7 @@ class Supervisor(pykka.ThreadingActor):
         self._cancel_timers()
         self._stop_children(self._children)
         self.log.info("supervisor.stopped", generation=self.generation)
-        if self.parent is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.parent.tell(ChildExited(self.name, self.generation, None))
+        report_exit(self.parent, ChildExited(self.name, self.generation, None))
 
     def on_failure(
         self,
@@ -480,8 +479,7 @@ class Supervisor(pykka.ThreadingActor):
         self._cancel_timers()
         self._stop_children(self._children)
         if self.parent is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.parent.tell(ChildExited(self.name, self.generation, reason, error_type))
+            report_exit(self.parent, ChildExited(self.name, self.generation, reason, error_type))
         elif self.on_escalate is not None:
             self.on_escalate(reason)
 

@@ -39,6 +39,24 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- HTTP
 
 
+class _Receiver:
+    """A server that runs until ``close()``; as a context manager, closed on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 @dataclass(frozen=True)
 class Reply:
     """Answer with this status, body and headers."""
@@ -97,7 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Silence the per-request stderr line."""
 
 
-class _HttpReceiver:
+class _HttpReceiver(_Receiver):
     """A scripted HTTP server recording every request; the base of the fakes below."""
 
     path: ClassVar[str] = "/"
@@ -208,17 +226,6 @@ class _HttpReceiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _headers(handler: _Handler) -> dict[str, str]:
@@ -425,7 +432,7 @@ class Envelope:
     login: str | None
 
 
-class SmtpReceiver:
+class SmtpReceiver(_Receiver):
     """An SMTP server (aiosmtpd) in a thread: plain, STARTTLS or SMTPS, optional AUTH.
 
     - ``starttls``: the server requires STARTTLS before MAIL;
@@ -571,14 +578,3 @@ class SmtpReceiver:
     # -- lifecycle -------------------------------------------------------------
     def close(self) -> None:
         self._controller.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
