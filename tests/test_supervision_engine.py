@@ -34,6 +34,7 @@ from tickvisor.supervision import (
     Supervisor,
     route,
 )
+from tickvisor.supervision.directory import resolve
 from tickvisor.supervision.policy import Intensity, RestartLog
 
 ASK = 5.0
@@ -398,6 +399,24 @@ def test_dynamic_children_start_terminate_restart_delete() -> None:
         control.restart("b")
     with pytest.raises(NoSuchChild):
         control.send("nope/a", Ping())
+
+
+def test_route_reaches_the_current_instance_directly_and_never_a_stopped_one() -> None:
+    journal: list[str] = []
+    sup = Supervisor.start("s", [spec("a", journal)], clock=FakeClock(), check_interval=None)
+    control = Control(sup)
+    assert sup.ask(Ping(), timeout=ASK)  # answered once on_start has started every child
+    first = resolve(sup, ["a"])
+    assert first is not None and route(sup, ["a"], "who") == ("a", 1)
+    control.restart("a")
+    assert resolve(sup, ["a"]) is not first  # the listing follows the restart
+    assert route(sup, ["a"], "who") == ("a", 2)
+    control.stop("a")
+    assert resolve(sup, ["a"]) is None
+    with pytest.raises(InvalidChildState, match="not running"):
+        route(sup, ["a"], "who")  # the supervisor's own answer, not a dead ref
+    sup.stop(block=True, timeout=ASK)
+    assert resolve(sup, []) is sup and resolve(sup, ["a"]) is None  # nothing left listed
 
 
 def test_a_bad_request_by_tell_does_not_crash_the_supervisor() -> None:

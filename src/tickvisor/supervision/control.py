@@ -1,7 +1,8 @@
 """Control: the Python API for steering a running tree by path (``services/candles``).
 
-Refs change on every restart, so nothing here holds one: each call walks
-the path through the supervisors, which forward without waiting. Requests
+Refs change on every restart, so nothing here holds one: each call looks
+the path up in the supervisors' listings of their current children
+(:mod:`~tickvisor.supervision.directory`), or asks the supervisors. Requests
 that change what a supervisor does with a child (pause, resume, restart,
 stop, start) go to the child's supervisor; requests for the service itself
 (invalidate its cache, reset its breaker, metrics) are routed to the child.

@@ -55,6 +55,7 @@ from tickvisor.messages import (
     WhichChildren,
     report_exit,
 )
+from tickvisor.supervision.directory import Listing, resolve
 from tickvisor.supervision.policy import NO_BACKOFF, Backoff, Intensity, RestartLog
 from tickvisor.supervision.spec import BreakerPolicy, ChildSpec, RestartType
 from tickvisor.supervision.strategy import ONE_FOR_ONE, Strategy
@@ -104,7 +105,9 @@ class _TrialDue:
 @dataclass(eq=False)
 class _Child:
     spec: ChildSpec
-    ref: pykka.ActorRef[Any] | None = None
+    #: Where the child's current ref is published for :func:`route`.
+    listing: Listing
+    _ref: pykka.ActorRef[Any] | None = None
     generation: int = 0
     state: ChildState = ChildState.STOPPED
     started_at: float | None = None  # monotonic
@@ -123,6 +126,15 @@ class _Child:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def ref(self) -> pykka.ActorRef[Any] | None:
+        return self._ref
+
+    @ref.setter
+    def ref(self, ref: pykka.ActorRef[Any] | None) -> None:
+        self._ref = ref
+        self.listing.publish(self.name, None if ref is _DEAD else ref)
 
     @property
     def alive(self) -> bool:
@@ -182,7 +194,8 @@ class Supervisor(pykka.ThreadingActor):
         self.generation = generation
         self.events = events
         self.on_escalate = on_escalate
-        self._children = [_Child(spec) for spec in specs]
+        self._listing = Listing(self.actor_urn)
+        self._children = [_Child(spec, self._listing) for spec in specs]
         self._restarts = RestartLog(self.intensity)
         self._random = random.Random(seed).random
         self._tokens = 0
@@ -214,6 +227,7 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping = True
         self._cancel_timers()
         self._stop_children(self._children)
+        self._listing.close()
         self.log.info("supervisor.stopped", generation=self.generation)
         report_exit(self.parent, ChildExited(self.name, self.generation, None))
 
@@ -478,6 +492,7 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping = True
         self._cancel_timers()
         self._stop_children(self._children)
+        self._listing.close()
         if self.parent is not None:
             report_exit(self.parent, ChildExited(self.name, self.generation, reason, error_type))
         elif self.on_escalate is not None:
@@ -640,7 +655,7 @@ class Supervisor(pykka.ThreadingActor):
                 raise ValueError(f"start_child: expected a ChildSpec named {name!r}, got {spec!r}")
             if self._find(name) is not None:
                 raise InvalidChildState(f"{self.path} already has a child named {name!r}")
-            child = _Child(spec)
+            child = _Child(spec, self._listing)
             self._children.append(child)
         else:
             child = self._named(name)
@@ -805,9 +820,19 @@ def route(
 ) -> Any:
     """Ask the actor at ``path`` (child names from ``supervisor`` down) and return its reply.
 
-    Each supervisor on the way forwards the message and replies with the
-    next hop's future at once; this unwraps the futures against one deadline.
+    The supervisors' listings (:mod:`~tickvisor.supervision.directory`) say
+    where the child runs now, so it is asked directly, like a registered
+    name in Erlang. If a hop is unknown, not running, or the instance dies
+    before it answers, the supervisors are asked instead: each forwards the
+    message and replies with the next hop's future at once, and this
+    unwraps the futures against one deadline (or raises their precise error).
     """
+    target = resolve(supervisor, path)
+    if target is not None:
+        try:
+            return _raise_refusal(target.ask(message, timeout=timeout))
+        except pykka.ActorDeadError:
+            pass  # replaced meanwhile: the supervisors know where it runs now
     wrapped = message
     for name in reversed(path):
         wrapped = RouteToChild(name, wrapped, timeout=timeout)
@@ -815,6 +840,11 @@ def route(
     reply: Any = supervisor.ask(wrapped, block=False)
     while isinstance(reply, pykka.Future):
         reply = reply.get(timeout=max(0.0, deadline - time.monotonic()))
+    return _raise_refusal(reply)
+
+
+def _raise_refusal(reply: Any) -> Any:
+    """A supervisor answers a bad request with the error as its reply: raise it here."""
     if isinstance(reply, (NoSuchChild, InvalidChildState, ValueError)):
         raise reply
     return reply
