@@ -234,7 +234,7 @@ def test_late_tick_rewrites_its_old_bucket(engine: Engine) -> None:
     job.catch_up(["EUR/USD"])
     # Older than everything so far, and the new low: open and low of day one change.
     insert(engine, [tick("EUR/USD", -1, price=0.5, volume=3.0)])
-    assert job.catch_up(["EUR/USD"]).candles > 0
+    assert job.catch_up(["EUR/USD"]).written > 0
     assert_matches_oracle(engine)
     day_one = bucket_start(BASE_TS - 1, "1d")
     open_, _, low, close, volume, count = stored(engine)[("EUR/USD", "1d", day_one)]
@@ -279,7 +279,7 @@ def test_run_without_new_ticks_writes_nothing(engine: Engine) -> None:
 
     with capture_sql(engine) as statements:
         report = aggregator(engine, now_ms=lambda: 2_000).catch_up(SYMBOLS)
-    assert (report.ticks, report.candles) == (0, 0)
+    assert (report.rows, report.written) == (0, 0)
     writes = [
         s for s in statements if s.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
     ]
@@ -314,8 +314,8 @@ def test_cursors_are_per_service(engine: Engine) -> None:
     insert(engine, [tick("EUR/USD", 0, price=1.0)])
     aggregator(engine).catch_up(["EUR/USD"])
     replay = aggregator(engine, service="replay", timeframes=["1m"])
-    assert replay.catch_up(["EUR/USD"]).ticks == 1
-    assert replay.catch_up(["EUR/USD"]).ticks == 0
+    assert replay.catch_up(["EUR/USD"]).rows == 1
+    assert replay.catch_up(["EUR/USD"]).rows == 0
 
 
 def test_unknown_timeframe_or_rollover_is_refused_before_any_work(engine: Engine) -> None:

@@ -47,7 +47,8 @@ from tickvisor.ingest import (
 )
 from tickvisor.logs import configure_logging, get_logger
 from tickvisor.messages import Crash, FlushAlerts, InjectFailures
-from tickvisor.store.candles import CandleAggregator, CatchUpFailed
+from tickvisor.store.candles import CandleAggregator
+from tickvisor.store.catchup import CatchUpFailed
 from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
 from tickvisor.store.schema import (
     alert_deliveries,
@@ -254,8 +255,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         log.info(
             "aggregate.completed",
             symbols=len(symbols),
-            ticks_processed=report.ticks,
-            candles_written=report.candles,
+            ticks_processed=report.rows,
+            candles_written=report.written,
             failed_symbols=report.failed,
             seconds=round(report.seconds, 3),
         )

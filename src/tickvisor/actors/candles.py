@@ -14,7 +14,8 @@ from typing import Any
 from tickvisor.actors.base import ServiceActor
 from tickvisor.clock import now_ms
 from tickvisor.config import CandleServiceConfig
-from tickvisor.store.candles import CandleAggregator, CatchUpReport
+from tickvisor.store.candles import CandleAggregator
+from tickvisor.store.catchup import CatchUpReport
 from tickvisor.store.ticks import symbols_with_ticks
 
 
@@ -44,7 +45,7 @@ class CandleService(ServiceActor):
         self._account(report)
         if report.unfinished:
             self.continue_soon()
-        return report.candles
+        return report.written
 
     def discover_symbols(self) -> list[str]:
         """Every symbol that has ticks: a new symbol starts aggregating without a restart."""
@@ -64,8 +65,8 @@ class CandleService(ServiceActor):
 
     def _account(self, report: CatchUpReport) -> None:
         with self._metrics_lock:
-            self._ticks_processed += report.ticks
-            self._candles_written += report.candles
+            self._ticks_processed += report.rows
+            self._candles_written += report.written
             for symbol, progress in report.symbols.items():
                 entry = self._per_symbol.setdefault(
                     symbol,
@@ -76,8 +77,8 @@ class CandleService(ServiceActor):
                         "freshness_lag_seconds": None,
                     },
                 )
-                entry["ticks_processed"] += progress.ticks
-                entry["candles_written"] += progress.candles
+                entry["ticks_processed"] += progress.rows
+                entry["candles_written"] += progress.written
                 if progress.lag_ms is not None:
                     entry["freshness_lag_seconds"] = progress.lag_ms / 1000
                 if progress.error is not None:

@@ -8,7 +8,9 @@ or the module depending on import order.
 """
 
 from tickvisor.store.buckets import TIMEFRAMES, bucket_start, day_bounds
-from tickvisor.store.candles import CandleAggregator, CatchUpReport, SymbolProgress
+from tickvisor.store.candles import CandleAggregator
+from tickvisor.store.catchup import CatchUpFailed, CatchUpReport, SymbolProgress
+from tickvisor.store.claims import visible_horizon
 from tickvisor.store.cursors import TickPosition, get_cursor, get_position, set_cursor
 from tickvisor.store.engine import (
     DEFAULT_DB_URL,
@@ -21,12 +23,13 @@ from tickvisor.store.engine import (
     safe_url,
 )
 from tickvisor.store.schema import metadata, upsert
-from tickvisor.store.ticks import insert_ticks, tick_keys, visible_horizon
+from tickvisor.store.ticks import insert_ticks, tick_keys
 
 __all__ = [
     "DEFAULT_DB_URL",
     "TIMEFRAMES",
     "CandleAggregator",
+    "CatchUpFailed",
     "CatchUpReport",
     "DatabaseUnavailable",
     "SymbolProgress",

@@ -20,9 +20,7 @@ only ever sees positions and counts, never the ticks themselves.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -44,11 +42,8 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
-    or_,
     select,
-    text,
     true,
-    tuple_,
 )
 from sqlalchemy.schema import CreateTable
 
@@ -61,11 +56,11 @@ from tickvisor.store.buckets import (
     day_bounds,
     is_calendar,
 )
+from tickvisor.store.catchup import CatchUpReport, SymbolProgress, round_robin
+from tickvisor.store.claims import claim_end, position_range, visible_horizon, write_transaction
 from tickvisor.store.cursors import TickPosition, get_position, set_position
-from tickvisor.store.engine import is_database_fault
-from tickvisor.store.fencing import Fence, FencedOut
+from tickvisor.store.fencing import Fence
 from tickvisor.store.schema import candles, progress_cursors, ticks, upsert
-from tickvisor.store.ticks import visible_horizon
 
 #: Ticks claimed per transaction: long enough to amortise the per-fold work,
 #: short enough that SQLite's single write lock is never held for long.
@@ -107,53 +102,6 @@ calendar_buckets = Table(
 
 #: Cursor-table key prefix under which the timeframe layout in force is kept.
 LAYOUT_KEY = "__layout__:"
-
-
-@dataclass
-class SymbolProgress:
-    """What folding one symbol did, for logs and metrics."""
-
-    symbol: str
-    ticks: int = 0
-    candles: int = 0
-    #: Newest tick time minus the newest tick the 1m candles include, in ms.
-    lag_ms: int | None = None
-    error: str | None = None
-    error_type: str | None = None
-
-
-@dataclass
-class CatchUpReport:
-    """One catch-up pass over a list of symbols."""
-
-    symbols: dict[str, SymbolProgress] = field(default_factory=dict)
-    seconds: float = 0.0
-    #: Symbols the pass left with ticks still to fold because its time budget ran out.
-    unfinished: list[str] = field(default_factory=list)
-
-    @property
-    def ticks(self) -> int:
-        return sum(p.ticks for p in self.symbols.values())
-
-    @property
-    def candles(self) -> int:
-        return sum(p.candles for p in self.symbols.values())
-
-    @property
-    def failed(self) -> list[str]:
-        return [s for s, p in self.symbols.items() if p.error is not None]
-
-
-class CatchUpFailed(RuntimeError):
-    """Every symbol of a pass failed: the job as a whole did not work."""
-
-    def __init__(self, report: CatchUpReport) -> None:
-        self.report = report
-        first = report.symbols[report.failed[0]]
-        super().__init__(
-            f"every symbol failed ({len(report.failed)}); first: {first.symbol}: "
-            f"{first.error_type}: {first.error}"
-        )
 
 
 class CandleAggregator:
@@ -207,40 +155,18 @@ class CandleAggregator:
         caller's circuit breaker has to see it. Any other error is recorded
         against its symbol, and raised only if every symbol failed.
         """
-        started = time.perf_counter()
-        report = CatchUpReport()
-        first_error: Exception | None = None
         self._reconcile_layout(fence)
-        pending = [SymbolProgress(symbol) for symbol in dict.fromkeys(symbols)]
-        report.symbols = {p.symbol: p for p in pending}
-        while pending:
-            for progress in list(pending):
-                try:
-                    if self._fold_and_commit(progress, fence):
-                        pending.remove(progress)
-                except Exception as exc:
-                    if is_database_fault(exc) or isinstance(exc, FencedOut):
-                        raise
-                    pending.remove(progress)
-                    progress.error = str(exc).splitlines()[0][:500] if str(exc) else repr(exc)
-                    progress.error_type = type(exc).__name__
-                    first_error = first_error or exc
-                    self._log.warning(
-                        "candles.symbol_failed",
-                        symbol=progress.symbol,
-                        error_type=progress.error_type,
-                        error=progress.error,
-                    )
-            out_of_time = (
-                budget_seconds is not None and time.perf_counter() - started >= budget_seconds
-            )
-            if pending and out_of_time:
-                report.unfinished = [p.symbol for p in pending]
-                break
-        report.seconds = time.perf_counter() - started
-        if first_error is not None and len(report.failed) == len(report.symbols):
-            raise CatchUpFailed(report) from first_error
-        return report
+
+        def fold(progress: SymbolProgress) -> bool:
+            return self._fold_and_commit(progress, fence)
+
+        return round_robin(
+            symbols,
+            fold,
+            log=self._log,
+            failure_event="candles.symbol_failed",
+            budget_seconds=budget_seconds,
+        )
 
     def _reconcile_layout(self, fence: Fence | None) -> None:
         """Rebuild the timeframes whose buckets the config changed, from the 1m candles.
@@ -254,7 +180,7 @@ class CandleAggregator:
         its rows but is no longer updated.
         """
         layout = f"{LAYOUT_KEY}{self.rollover}:{','.join(self.rollups)}"
-        with _write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             stored = conn.execute(
                 select(progress_cursors.c.key).where(
                     progress_cursors.c.service == self.service,
@@ -312,7 +238,7 @@ class CandleAggregator:
 
     def _fold_and_commit(self, progress: SymbolProgress, fence: Fence | None) -> bool:
         """One fold in its own transaction; True when the symbol has caught up."""
-        with _write_transaction(self.engine) as conn:
+        with write_transaction(self.engine) as conn:
             claimed = self._fold_once(conn, progress)
             if claimed and fence is not None:
                 fence.check(conn)  # last statement before the commit
@@ -325,11 +251,11 @@ class CandleAggregator:
         symbol = progress.symbol
         start = get_position(conn, self.service, symbol)
         horizon = visible_horizon(conn)
-        end = _claim_end(conn, symbol, start, horizon, self.batch_ticks)
+        end = claim_end(conn, ticks, symbol, start, horizon=horizon, batch=self.batch_ticks)
         if end is None:
             return 0
         now = self._now_ms()
-        claimed = _tick_range(symbol, start, end, by_txid=horizon is not None)
+        claimed = position_range(ticks, symbol, start, end, by_txid=horizon is not None)
 
         _reset_scratch(conn, changed_buckets)
         minute = _floor(ticks.c.ts_ms, BASE_TIMEFRAME)
@@ -353,8 +279,8 @@ class CandleAggregator:
                 _CANDLE_VALUES,
             )
         set_position(conn, self.service, symbol, end, now)
-        progress.ticks += int(count)
-        progress.candles += written
+        progress.rows += int(count)
+        progress.written += written
         return int(count)
 
     def _changed_buckets(self, conn: Connection, timeframe: str) -> FromClause:
@@ -415,82 +341,6 @@ def _floor(ts: ColumnElement[Any], timeframe: str) -> ColumnElement[Any]:
     """
     width = literal_column(str(TIMEFRAMES[timeframe]), BigInteger)
     return ts - ts % width
-
-
-def _tick_range(
-    symbol: str, after: TickPosition, through: TickPosition | None, by_txid: bool
-) -> ColumnElement[bool]:
-    """Ticks of ``symbol`` past ``after`` (and up to ``through``), in index-friendly form.
-
-    Without transaction ids (SQLite: every ``txid`` is 0) the id alone orders
-    ticks; spelling that out as ``txid = 0 AND id > ?`` lets SQLite seek the
-    (symbol, txid, id) index, which it does not do for a row-value range.
-    PostgreSQL seeks a row comparison directly.
-    """
-    if not by_txid:
-        bounds = [ticks.c.txid == after.txid, ticks.c.id > after.id]
-        if through is not None:
-            bounds.append(ticks.c.id <= through.id)
-        return and_(ticks.c.symbol == symbol, *bounds)
-    if through is None:
-        position = tuple_(ticks.c.txid, ticks.c.id)
-        return and_(
-            ticks.c.symbol == symbol,
-            ticks.c.txid >= after.txid,
-            position > tuple_(literal(after.txid), literal(after.id)),
-        )
-    # Spelled out as index ranges, not row comparisons: PostgreSQL estimates
-    # a two-sided row comparison at one row and picks a plan five times slower.
-    if after.txid == through.txid:  # the usual case: one writing transaction
-        return and_(
-            ticks.c.symbol == symbol,
-            ticks.c.txid == after.txid,
-            ticks.c.id > after.id,
-            ticks.c.id <= through.id,
-        )
-    return and_(
-        ticks.c.symbol == symbol,
-        or_(
-            and_(ticks.c.txid == after.txid, ticks.c.id > after.id),
-            and_(ticks.c.txid > after.txid, ticks.c.txid < through.txid),
-            and_(ticks.c.txid == through.txid, ticks.c.id <= through.id),
-        ),
-    )
-
-
-def _claim_end(
-    conn: Connection, symbol: str, after: TickPosition, horizon: int | None, batch: int
-) -> TickPosition | None:
-    """The position of the last tick the next fold claims, or None when there is none."""
-    query = select(ticks.c.txid, ticks.c.id).where(
-        _tick_range(symbol, after, None, by_txid=horizon is not None)
-    )
-    if horizon is not None:
-        query = query.where(ticks.c.txid < horizon)
-    row = conn.execute(query.order_by(ticks.c.txid, ticks.c.id).offset(batch - 1).limit(1)).first()
-    if row is None:
-        row = conn.execute(query.order_by(ticks.c.txid.desc(), ticks.c.id.desc()).limit(1)).first()
-    return None if row is None else TickPosition(int(row[0]), int(row[1]))
-
-
-@contextmanager
-def _write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction set up for the job's read-then-write statements."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            # Take the write lock first. A deferred transaction that reads and
-            # then writes fails at once with "database is locked" when another
-            # connection (the feed, an import) committed in between; waiting
-            # for the lock up front lets busy_timeout do its job instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            # These statements are many and short; PostgreSQL's cost model
-            # overrates them and spends more time JIT-compiling than running.
-            conn.execute(text("SET LOCAL jit = off"))
-            # Two aggregators on one symbol (cron beside the service) wait for
-            # each other's rows; bounded, so a stuck one fails the pass instead.
-            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
-        yield conn
 
 
 def _reset_scratch(conn: Connection, table: Table) -> None:
@@ -640,8 +490,5 @@ __all__ = [
     "DEFAULT_BATCH_TICKS",
     "LAYOUT_KEY",
     "CandleAggregator",
-    "CatchUpFailed",
-    "CatchUpReport",
-    "SymbolProgress",
     "freshness_lag_ms",
 ]

@@ -19,7 +19,7 @@ class TickPosition(NamedTuple):
 
     On SQLite ``txid`` is always 0 and the id alone orders ticks as they
     became visible. On PostgreSQL it is the writing transaction's id: see
-    :func:`tickvisor.store.ticks.visible_horizon` for why that matters.
+    :func:`tickvisor.store.claims.visible_horizon` for why that matters.
     """
 
     txid: int

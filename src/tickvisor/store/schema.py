@@ -15,6 +15,7 @@ from sqlalchemy import (
     DDL,
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Float,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     event,
     text,
 )
@@ -73,14 +75,24 @@ ticks = Table(
     sqlite_autoincrement=True,
 )
 
-# On PostgreSQL every tick records the id of the transaction that wrote it.
-event.listen(
-    ticks,
-    "after_create",
-    DDL(  # type: ignore[no-untyped-call]
-        "ALTER TABLE ticks ALTER COLUMN txid SET DEFAULT (pg_current_xact_id()::text::bigint)"
-    ).execute_if(dialect="postgresql"),
-)
+
+def _record_writing_transaction(table: Table) -> None:
+    """On PostgreSQL every input row records the id of the transaction that wrote it.
+
+    That is what lets a job's cursor skip nothing: see
+    :func:`tickvisor.store.claims.visible_horizon`.
+    """
+    event.listen(
+        table,
+        "after_create",
+        DDL(  # type: ignore[no-untyped-call]
+            f"ALTER TABLE {table.name} ALTER COLUMN txid "
+            "SET DEFAULT (pg_current_xact_id()::text::bigint)"
+        ).execute_if(dialect="postgresql"),
+    )
+
+
+_record_writing_transaction(ticks)
 
 tick_quarantine = Table(
     "tick_quarantine",
@@ -112,6 +124,137 @@ candles = Table(
     # still-open candle has got, and what freshness lag is measured against.
     Column("last_tick_ms", BigInteger, nullable=False),
     Column("updated_ms", BigInteger, nullable=True),
+)
+
+# --- order-book depth -------------------------------------------------------------
+
+#: Raw order-book snapshots as producers wrote them. ``bids`` and ``asks`` are
+#: JSON text (lists of ``[price, size]``), kept as text on purpose: a producer
+#: that writes malformed JSON must not fail its insert, the depth service
+#: quarantines the row with its reason instead.
+depth_snapshots = Table(
+    "depth_snapshots",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("provider", String(64), nullable=False, server_default=text("''")),
+    Column("bids", Text, nullable=False),
+    Column("asks", Text, nullable=False),
+    Column("txid", BigInteger, nullable=False, server_default=text("0")),
+    # One snapshot per symbol, time and provider: importing a file twice adds nothing.
+    Index(None, "symbol", "ts_ms", "provider", unique=True),
+    Index(None, "symbol", "txid", "id"),
+    sqlite_autoincrement=True,
+)
+_record_writing_transaction(depth_snapshots)
+
+#: One row per processed snapshot (keyed by its id, so reprocessing overwrites).
+depth_metrics = Table(
+    "depth_metrics",
+    metadata,
+    Column("snapshot_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("best_bid", _Double, nullable=False),
+    Column("best_ask", _Double, nullable=False),
+    Column("mid", _Double, nullable=False),
+    Column("spread", _Double, nullable=False),
+    Column("spread_bps", _Double, nullable=False),
+    Column("bid_depth", _Double, nullable=False),
+    Column("ask_depth", _Double, nullable=False),
+    #: (bid_depth - ask_depth) / (bid_depth + ask_depth); null when both are 0.
+    Column("imbalance", _Double, nullable=True),
+    #: Size-weighted mid of the top level; null when both top sizes are 0.
+    Column("microprice", _Double, nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index(None, "symbol", "ts_ms"),
+)
+
+#: Per symbol and minute (``ts_ms`` is the minute's start), from ``depth_metrics``.
+depth_metrics_1m = Table(
+    "depth_metrics_1m",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("ts_ms", BigInteger, primary_key=True),
+    Column("spread_mean", _Double, nullable=False),
+    Column("spread_max", _Double, nullable=False),
+    Column("imbalance_mean", _Double, nullable=True),
+    #: Mid of the minute's last snapshot by (ts_ms, snapshot id).
+    Column("last_mid", _Double, nullable=False),
+    Column("snapshot_count", Integer, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+#: Snapshots the depth service could not use, once each, with the reason.
+depth_quarantine = Table(
+    "depth_quarantine",
+    metadata,
+    Column("snapshot_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", String(500), nullable=True),
+    Column("quarantined_ms", BigInteger, nullable=False),
+    Index(None, "symbol", "reason"),
+)
+
+# --- sentiment ----------------------------------------------------------------------
+
+#: Retail positioning as providers report it: the share of traders long and short.
+#: Values are kept as written; out-of-range rows are quarantined by the service.
+sentiment_raw = Table(
+    "sentiment_raw",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("provider", String(64), nullable=False, server_default=text("''")),
+    Column("long_pct", _Double, nullable=True),
+    Column("short_pct", _Double, nullable=True),
+    Column("total_traders", BigInteger, nullable=True),
+    Column("txid", BigInteger, nullable=False, server_default=text("0")),
+    Index(None, "symbol", "ts_ms", "provider", unique=True),
+    Index(None, "symbol", "txid", "id"),
+    sqlite_autoincrement=True,
+)
+_record_writing_transaction(sentiment_raw)
+
+#: Per symbol and raw timestamp (providers reporting the same millisecond are averaged).
+sentiment_metrics = Table(
+    "sentiment_metrics",
+    metadata,
+    Column("symbol", String(32), primary_key=True),
+    Column("ts_ms", BigInteger, primary_key=True),
+    Column("long_pct", _Double, nullable=False),
+    Column("short_pct", _Double, nullable=False),
+    Column("total_traders", BigInteger, nullable=True),
+    Column("providers", Integer, nullable=False),
+    Column("ma_5m", _Double, nullable=False),
+    Column("ma_15m", _Double, nullable=False),
+    Column("ma_1h", _Double, nullable=False),
+    #: long_pct minus long_pct as of one hour earlier; null when the hour is not covered.
+    Column("change_1h", _Double, nullable=True),
+    #: Contrarian signal: -1 when the crowd is heavily long, +1 when heavily short, else 0.
+    Column("signal", Integer, nullable=False),
+    Column("label", String(16), nullable=False),
+    #: True once the row is older than ``max_age_seconds`` (refreshed every iteration).
+    Column("stale", Boolean, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index(None, "stale", "ts_ms"),
+)
+
+#: Raw sentiment rows the service could not use, once each, with the reason.
+sentiment_quarantine = Table(
+    "sentiment_quarantine",
+    metadata,
+    Column("raw_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("symbol", String(32), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", String(500), nullable=True),
+    Column("quarantined_ms", BigInteger, nullable=False),
+    Index(None, "symbol", "reason"),
 )
 
 progress_cursors = Table(
@@ -244,9 +387,16 @@ __all__ = [
     "alert_notifications",
     "alert_outbox",
     "candles",
+    "depth_metrics",
+    "depth_metrics_1m",
+    "depth_quarantine",
+    "depth_snapshots",
     "events",
     "metadata",
     "progress_cursors",
+    "sentiment_metrics",
+    "sentiment_quarantine",
+    "sentiment_raw",
     "service_generations",
     "tick_quarantine",
     "ticks",

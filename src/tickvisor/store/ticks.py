@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 
 from tickvisor.store.schema import ticks, upsert
 
@@ -95,23 +95,4 @@ def symbols_with_ticks(conn: Connection) -> list[str]:
     return [row[0] for row in rows]
 
 
-def visible_horizon(conn: Connection) -> int | None:
-    """The oldest transaction id still running on PostgreSQL; None on SQLite.
-
-    PostgreSQL hands out ids from a sequence when a row is inserted, not
-    when its transaction commits, so a tick with a *lower* id can become
-    visible after one with a higher id, and an "id > last id seen" cursor
-    would skip it for ever. Every transaction older than this horizon has
-    finished, so ticks written by one can never appear later: consuming only
-    ticks with ``txid`` below it, in (txid, id) order, misses nothing. On
-    SQLite writers are serialised and ids become visible in order.
-    """
-    if conn.dialect.name != "postgresql":
-        return None
-    horizon = conn.execute(
-        text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-    ).scalar_one()
-    return int(horizon)
-
-
-__all__ = ["insert_ticks", "symbols_with_ticks", "tick_keys", "visible_horizon"]
+__all__ = ["insert_ticks", "symbols_with_ticks", "tick_keys"]
