@@ -12,7 +12,9 @@ from benchmarks import (
     bench_candles,
     bench_candles_live,
     bench_candles_memory,
+    bench_depth,
     bench_import,
+    bench_sentiment,
     bench_supervision,
     bench_symbol_cache,
 )
@@ -25,6 +27,8 @@ def main() -> None:
     results.append(bench_candles_memory.run())
     results.append(bench_candles_live.run())
     results += [bench_import.run(), *bench_import.run_postgres()]
+    results += bench_depth.run()
+    results += bench_sentiment.run()
     results += bench_supervision.run()
     results += bench_alerts.run()
     write_report(results)

@@ -88,7 +88,7 @@ def tickvisor_catch_up(engine: Engine, symbols: list[str]) -> int:
     report = CandleAggregator(engine).catch_up(symbols)
     if report.failed:
         raise RuntimeError(f"catch-up failed for {report.failed}")
-    return report.ticks
+    return report.rows
 
 
 def pandas_catch_up(engine: Engine, symbols: list[str]) -> int:

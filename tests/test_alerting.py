@@ -139,7 +139,7 @@ def test_demo_delivers_the_open_and_the_resolved_alert_everywhere_and_leaks_no_s
             "SMTP_SECURITY": "none",  # a local relay, named explicitly
         }
         proc = subprocess.run(
-            [sys.executable, "-m", "tickvisor.cli", "demo", "--seconds", "8"],
+            [sys.executable, "-m", "tickvisor.cli", "demo", "--seconds", "8", "--admin-port", "0"],
             env=env,
             capture_output=True,
             text=True,

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
 from tickvisor.store.engine import open_database
+from tickvisor.store.inputs import insert_depth_snapshots, insert_sentiment_rows
 from tickvisor.store.ticks import insert_ticks
 
 TICKVISOR = [sys.executable, "-m", "tickvisor.cli"]
@@ -71,7 +75,16 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         "services:\n  candles:\n    interval_seconds: 0.5\n"
     )
     proc = subprocess.Popen(
-        [*TICKVISOR, "run", "--config", str(config), "--db", f"sqlite:///{tmp_path / 'r.db'}"],
+        [
+            *TICKVISOR,
+            "run",
+            "--config",
+            str(config),
+            "--db",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "--admin-port",
+            "0",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -103,10 +116,17 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert stopped.index("service.stopped") < stopped.index("feed.stopped")
     assert events[-1] == "tickvisor.stopped"
     assert records[-1]["threads_left"] == []  # nothing non-daemon left running
+    # The admin API came up with a generated token, written to an owner-only
+    # file next to the database; the log says where, never what.
+    (admin,) = [r for r in records if r["event"] == "admin.started"]
+    token_file = Path(str(admin["token_file"]))
+    assert token_file.parent == tmp_path
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert token_file.read_text().strip() not in out
 
 
 def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
-    result = run("demo", "--seconds", "12", cwd=tmp_path, timeout=90)
+    result = run("demo", "--seconds", "12", "--admin-port", "0", cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stderr
     records = json_lines(result.stdout)
     cycle = [
@@ -124,6 +144,11 @@ def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
     # The candle service worked beside the feed (no "database is locked").
     (written,) = [line for line in result.stderr.splitlines() if "candles written" in line]
     assert int(written.split(":")[1]) > 0
+    # Depth and sentiment ran beside it on the feed's books and readings.
+    for name in ("depth snapshots", "sentiment readings"):
+        (line,) = [row for row in result.stderr.splitlines() if name in row]
+        produced, consumed = (int(n.split()[0]) for n in line.split(":")[1].split("->"))
+        assert produced > 0 and consumed > 0, line
     assert not [
         r
         for r in records
@@ -141,11 +166,74 @@ def test_aggregate_is_one_idempotent_pass(tmp_path: Path, db_url: str) -> None:
     engine.dispose()
     written = []
     for _ in range(2):
-        result = run("aggregate", "--db", db_url, cwd=tmp_path)
+        result = run("aggregate", "--service", "candles", "--db", db_url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         (line,) = [r for r in json_lines(result.stdout) if r["event"] == "aggregate.completed"]
         written.append(line["candles_written"])
     assert written == [7, 0]  # one candle per timeframe, then nothing new
+
+
+def test_aggregate_all_runs_every_service_once(tmp_path: Path, db_url: str) -> None:
+    engine = open_database(db_url)
+    ts = 1_700_000_000_000
+    with engine.begin() as conn:
+        insert_ticks(conn, [{"symbol": "EUR/USD", "ts_ms": ts, "bid": 1.0, "ask": 1.1}])
+        insert_depth_snapshots(
+            conn,
+            [
+                {"symbol": "EUR/USD", "ts_ms": ts, "bids": [[1.0, 1]], "asks": [[1.1, 2]]},
+                {"symbol": "EUR/USD", "ts_ms": ts + 1, "bids": [[1.2, 1]], "asks": [[1.1, 2]]},
+            ],
+        )
+        insert_sentiment_rows(
+            conn, [{"symbol": "EUR/USD", "ts_ms": ts, "long_pct": 71.0, "short_pct": 29.0}]
+        )
+    engine.dispose()
+    result = run("aggregate", "--db", db_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = {
+        r["service"]: r for r in json_lines(result.stdout) if r["event"] == "aggregate.completed"
+    }
+    assert lines["candles"]["candles_written"] == 7
+    assert lines["depth"]["snapshots_processed"] == 2
+    assert lines["depth"]["metrics_written"] >= 1
+    assert lines["depth"]["quarantined"] == 1  # the crossed book
+    assert lines["sentiment"]["readings_processed"] == 1
+    again = run("aggregate", "--service", "depth", "--db", db_url, cwd=tmp_path)
+    (line,) = [r for r in json_lines(again.stdout) if r["event"] == "aggregate.completed"]
+    assert (line["service"], line["snapshots_processed"]) == ("depth", 0)
+
+
+def test_import_books_and_readings_then_aggregate(tmp_path: Path) -> None:
+    books = tmp_path / "books.jsonl"
+    books.write_text(
+        '{"symbol": "EURUSD", "ts": "2024-01-01T00:00:00Z", "provider": "p",'
+        ' "bids": [[1.0, 2], [1.1, 1]], "asks": [[1.3, 1], [1.2, 3]]}\n'
+        "not json\n",
+        encoding="utf-8",
+    )
+    readings = tmp_path / "positioning.csv"
+    readings.write_text(
+        "symbol,ts,long_pct,short_pct,total_traders,provider\n"
+        "EUR/USD,1704067200000,72.5,27.5,1000,p\n",
+        encoding="utf-8",
+    )
+    url = f"sqlite:///{tmp_path / 'data.db'}"
+    for path, fmt in ((books, "depth-jsonl"), (readings, "sentiment-csv")):
+        result = run("import", str(path), "--format", fmt, "--db", url, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        (summary,) = [r for r in json_lines(result.stdout) if r["event"] == "import.completed"]
+        assert summary["inserted"] == 1
+    assert summary["rejected"] == 0
+    result = run("aggregate", "--db", url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    engine = open_database(url)
+    with engine.connect() as conn:
+        mid = conn.execute(text("SELECT mid FROM depth_metrics")).scalar_one()
+        contrarian = conn.execute(text("SELECT signal FROM sentiment_metrics")).scalar_one()
+    engine.dispose()
+    assert mid == pytest.approx(1.15)  # best bid 1.1, best ask 1.2 after sorting
+    assert contrarian == -1  # the crowd is more than 70 % long
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ from tickvisor.config import (
     CandleServiceConfig,
     ConfigError,
     DatabaseConfig,
+    DepthServiceConfig,
     FeedConfig,
     LoggingConfig,
+    SentimentServiceConfig,
     ServiceConfig,
     ServicesConfig,
     SupervisorConfig,
@@ -136,6 +138,29 @@ def test_example_file_loads() -> None:
     assert candles.breaker.timeout == 60.0
 
 
+def test_example_file_configures_all_three_services() -> None:
+    services = load_config(EXAMPLES / "tickvisor.yaml", env={}).services
+    assert services.depth is not None and services.depth.levels == 10
+    assert services.sentiment is not None and services.sentiment.contrarian_upper == 70
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ("contrarian_upper: 30\n    contrarian_lower: 40", "contrarian_lower (40) must be below"),
+        ("bullish_above: 50\n    bearish_below: 50", "bearish_below (50) must be below"),
+        ("contrarian_upper: 101", "services.sentiment.contrarian_upper"),
+        ("max_age_seconds: 0", "services.sentiment.max_age_seconds"),
+    ],
+)
+def test_sentiment_thresholds_are_checked(keys: str, expected: str) -> None:
+    assert expected in errors_of(f"services:\n  sentiment:\n    {keys}\n")
+
+
+def test_depth_levels_must_be_positive() -> None:
+    assert "services.depth.levels" in errors_of("services:\n  depth:\n    levels: 0\n")
+
+
 def test_example_file_reads_the_environment() -> None:
     env = {"TICKVISOR_DB_URL": "postgresql+psycopg://u@db/market", "CANDLES_BREAKER_TIMEOUT": "90"}
     config = load_config(EXAMPLES / "tickvisor.yaml", env=env)
@@ -156,7 +181,13 @@ def test_example_uses_every_key() -> None:
                 found |= keys(annotation)
         return found
 
-    every = keys(TickvisorConfig) | keys(CandleServiceConfig) | {"candles"}
+    every = (
+        keys(TickvisorConfig)
+        | keys(CandleServiceConfig)
+        | keys(DepthServiceConfig)
+        | keys(SentimentServiceConfig)
+        | {"candles", "depth", "sentiment"}
+    )
     missing = {key for key in every if f"{key}:" not in text}
     assert not missing
 

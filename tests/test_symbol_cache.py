@@ -45,6 +45,18 @@ def test_caching_reduces_reads_until_ttl_expires() -> None:
     assert (stats["hits"], stats["misses"], stats["reloads"]) == (100, 2, 2)
 
 
+def test_an_empty_list_is_not_kept_for_the_ttl() -> None:
+    """A service started before its first input row picks the symbol up at once."""
+    clock = FakeClock()
+    loader = CountingLoader([])
+    cache = SymbolCache(loader, ttl=300.0, clock=clock)
+    assert cache.get_symbols() == []
+    loader.symbols = ["EUR/USD"]
+    assert cache.get_symbols() == ["EUR/USD"]
+    assert cache.get_symbols() == ["EUR/USD"]
+    assert loader.reads == 2  # the non-empty list is cached again
+
+
 def test_bypass_cache_always_reads() -> None:
     clock = FakeClock()
     loader = CountingLoader(["EUR/USD"])

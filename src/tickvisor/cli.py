@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from tickvisor import __version__
+from tickvisor.admin import AdminStartError, AdminTokenError, resolve_token, start_admin
 from tickvisor.clock import RealClock, ThreadScheduler
 from tickvisor.config import (
     AlertDeliveryConfig,
@@ -31,7 +32,9 @@ from tickvisor.config import (
     BreakerConfig,
     CandleServiceConfig,
     ConfigError,
+    DepthServiceConfig,
     FeedConfig,
+    SentimentServiceConfig,
     ServicesConfig,
     TickvisorConfig,
     load_config,
@@ -41,25 +44,35 @@ from tickvisor.ingest import (
     DEFAULT_BATCH_SIZE,
     FORMATS,
     ImportArgumentError,
+    TickFile,
     TickFileError,
     import_ticks,
     open_tick_file,
 )
+from tickvisor.ingest.records import (
+    DEFAULT_RECORD_BATCH_SIZE,
+    RECORD_FORMATS,
+    RecordFile,
+    import_records,
+    open_record_file,
+)
 from tickvisor.logs import configure_logging, get_logger
 from tickvisor.messages import Crash, FlushAlerts, InjectFailures
-from tickvisor.store.candles import CandleAggregator
 from tickvisor.store.catchup import CatchUpFailed
 from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
 from tickvisor.store.schema import (
     alert_deliveries,
     alert_notifications,
     candles,
+    depth_metrics,
+    depth_snapshots,
     events,
+    sentiment_metrics,
+    sentiment_raw,
     ticks,
 )
-from tickvisor.store.ticks import symbols_with_ticks
 from tickvisor.supervision.control import Control
-from tickvisor.supervision.tree import build_tree, shutdown_budget
+from tickvisor.supervision.tree import SERVICE_TYPES, build_tree, shutdown_budget
 from tickvisor.symbols import SymbolError, normalize_symbol
 
 log = get_logger("tickvisor.cli")
@@ -103,11 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument("--db", metavar="URL", default=None, help="database URL (default: SQLite)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", parents=[common, db], help="run the supervision tree")
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="admin API port on 127.0.0.1 (default: admin.port, 8787; 0 = any free port)",
+    )
+    run = sub.add_parser("run", parents=[common, db, admin], help="run the supervision tree")
     run.add_argument("--config", required=True, type=Path, metavar="FILE")
     run.set_defaults(handler=cmd_run)
 
-    demo = sub.add_parser("demo", parents=[common, db], help="a self-contained demo run")
+    demo = sub.add_parser("demo", parents=[common, db, admin], help="a self-contained demo run")
     demo.add_argument("--seconds", type=float, default=12.0)
     demo.set_defaults(handler=cmd_demo)
 
@@ -115,26 +136,40 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(handler=cmd_check_config)
 
-    imp = sub.add_parser("import", parents=[common, db], help="import a tick file")
+    imp = sub.add_parser(
+        "import", parents=[common, db], help="import a tick, depth or sentiment file"
+    )
     imp.add_argument("file", type=Path, metavar="FILE")
-    imp.add_argument("--format", required=True, choices=sorted(FORMATS), dest="format")
+    imp.add_argument(
+        "--format", required=True, choices=sorted([*FORMATS, *RECORD_FORMATS]), dest="format"
+    )
     imp.add_argument(
         "--symbol", default=None, help="the pair, where the file does not name it (e.g. EURUSD)"
     )
     imp.add_argument(
         "--batch-size",
         type=int,
-        default=DEFAULT_BATCH_SIZE,
+        default=None,
         metavar="N",
-        help=f"lines per transaction (default {DEFAULT_BATCH_SIZE})",
+        help=f"lines per transaction (default {DEFAULT_BATCH_SIZE} for tick files, "
+        f"{DEFAULT_RECORD_BATCH_SIZE} for depth-jsonl and sentiment-csv)",
     )
     imp.set_defaults(handler=cmd_import)
 
-    agg = sub.add_parser("aggregate", parents=[common, db], help="one candle catch-up pass")
+    agg = sub.add_parser("aggregate", parents=[common, db], help="one catch-up pass, then exit")
     agg.add_argument("--config", type=Path, metavar="FILE", default=None)
+    agg.add_argument(
+        "--service",
+        choices=[*SERVICE_TYPES, "all"],
+        default="all",
+        help="which service's job to run (default: all)",
+    )
     agg.add_argument("--symbol", action="append", default=None, dest="symbols")
     agg.add_argument(
-        "--batch-ticks", type=int, default=None, help="ticks per transaction (default 100000)"
+        "--batch-ticks",
+        type=int,
+        default=None,
+        help="candles: ticks per transaction (default 100000)",
     )
     agg.set_defaults(handler=cmd_aggregate)
     return parser
@@ -163,7 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return _run_tree(config, args.db or config.database.url, seconds=None)
+    return _run_tree(
+        config, args.db or config.database.url, seconds=None, admin_port=args.admin_port
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -171,29 +208,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--seconds must be > 0, got {args.seconds}")
     with tempfile.TemporaryDirectory(prefix="tickvisor-demo-") as folder:
         url = args.db or f"sqlite:///{Path(folder) / 'demo.db'}"
-        return _run_tree(_demo_config(), url, seconds=args.seconds, demo=True)
+        return _run_tree(
+            _demo_config(), url, seconds=args.seconds, demo=True, admin_port=args.admin_port
+        )
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    """Import one tick file; exit 2 only if the file (or the command line) is unusable.
+    """Import a tick, depth or sentiment file; exit 2 only if it or the command line is unusable.
 
     The file is opened and its header checked before the database is, so a
     typo in the file name does not leave a fresh empty database behind.
     """
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    records = args.format in RECORD_FORMATS
+    batch_size = args.batch_size
+    if batch_size is None:
+        batch_size = DEFAULT_RECORD_BATCH_SIZE if records else DEFAULT_BATCH_SIZE
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if records and args.symbol is not None:
+        # The file names its symbols on every line; a --symbol would be silently ignored.
+        raise UsageError(f"--symbol does not apply to --format {args.format}")
+    opened: TickFile | RecordFile
     try:
-        tick_file = open_tick_file(args.file, args.format, args.symbol)
+        if records:
+            opened = open_record_file(args.file, args.format)
+        else:
+            opened = open_tick_file(args.file, args.format, args.symbol)
     except (TickFileError, ImportArgumentError) as exc:
         log.error("import.failed", file=str(args.file), format=args.format, error=str(exc))
         raise UsageError(str(exc)) from None
-    with tick_file:
+    with opened:
         engine = _open(args.db)
         try:
-            with _progress_bar(tick_file.size, tick_file.path.name) as progress:
-                import_ticks(tick_file, engine, batch_size=args.batch_size, progress=progress)
+            with _progress_bar(opened.size, opened.path.name) as progress:
+                if isinstance(opened, RecordFile):
+                    import_records(opened, engine, batch_size=batch_size, progress=progress)
+                else:
+                    import_ticks(opened, engine, batch_size=batch_size, progress=progress)
         except (TickFileError, ImportArgumentError, DatabaseUnavailable) as exc:
-            log.error("import.failed", file=str(tick_file.path), format=args.format, error=str(exc))
+            log.error("import.failed", file=str(opened.path), format=args.format, error=str(exc))
             raise UsageError(str(exc)) from None
         finally:
             engine.dispose()
@@ -226,50 +279,70 @@ def _progress_bar(total: int, name: str) -> Iterator[Callable[[int], None] | Non
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    """One catch-up pass of the candle service's own code, then exit (cron, batch, tests)."""
+    """One catch-up pass of each chosen service's own job, then exit (cron, batch, tests).
+
+    The jobs are the ones the services run, built from the same config, so
+    a pass here and an iteration there write the same rows and share the
+    same cursors: running both never processes anything twice.
+    """
     config = _load(args.config) if args.config else TickvisorConfig()
-    candle_config = config.services.candles or CandleServiceConfig()
     try:
         wanted = [normalize_symbol(s) for s in args.symbols or ()]
     except SymbolError as exc:
         raise UsageError(f"--symbol: {exc}") from None
     if args.batch_ticks is not None and args.batch_ticks < 1:
         raise UsageError(f"--batch-ticks must be >= 1, got {args.batch_ticks}")
+    names = list(SERVICE_TYPES) if args.service == "all" else [args.service]
     engine = _open(args.db or config.database.url)
+    failed = False
     try:
-        aggregator = CandleAggregator(
-            engine,
-            service="candles",
-            timeframes=candle_config.timeframes,
-            rollover=candle_config.daily_rollover,
-            batch_ticks=args.batch_ticks or candle_config.batch_ticks,
-        )
-        with engine.connect() as conn:
-            symbols = wanted or symbols_with_ticks(conn)
-        try:
-            report = aggregator.catch_up(symbols)
-        except (SQLAlchemyError, CatchUpFailed) as exc:
-            log.error("aggregate.failed", error_type=type(exc).__name__, error=str(exc)[:500])
-            print(f"tickvisor: aggregate failed: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return EXIT_ESCALATED
-        log.info(
-            "aggregate.completed",
-            symbols=len(symbols),
-            ticks_processed=report.rows,
-            candles_written=report.written,
-            failed_symbols=report.failed,
-            seconds=round(report.seconds, 3),
-        )
+        for name in names:
+            service = SERVICE_TYPES[name]
+            service_config = getattr(config.services, name, None) or service.config_type()
+            if name == "candles" and args.batch_ticks is not None:
+                service_config = service_config.model_copy(update={"batch_ticks": args.batch_ticks})
+            job = service.build_job(engine, name, service_config, None)
+            with engine.connect() as conn:
+                symbols = wanted or service.symbols_in(conn)
+            try:
+                report = job.catch_up(symbols)
+            except (SQLAlchemyError, CatchUpFailed) as exc:
+                log.error(
+                    "aggregate.failed",
+                    service=name,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:500],
+                )
+                print(
+                    f"tickvisor: aggregate {name} failed: {str(exc).splitlines()[0]}",
+                    file=sys.stderr,
+                )
+                return EXIT_ESCALATED
+            log.info(
+                "aggregate.completed",
+                service=name,
+                symbols=len(symbols),
+                **{service.rows_metric: report.rows, service.written_metric: report.written},
+                quarantined=report.quarantined,
+                failed_symbols=report.failed,
+                seconds=round(report.seconds, 3),
+            )
+            failed = failed or bool(report.failed)
     finally:
         engine.dispose()
-    return EXIT_ESCALATED if report.failed else EXIT_OK
+    return EXIT_ESCALATED if failed else EXIT_OK
 
 
 # --- the running tree --------------------------------------------------------------
 
 
 def _run_tree(
-    config: TickvisorConfig, url: str | None, *, seconds: float | None, demo: bool = False
+    config: TickvisorConfig,
+    url: str | None,
+    *,
+    seconds: float | None,
+    demo: bool = False,
+    admin_port: int | None = None,
 ) -> int:
     try:
         config = with_alert_env(config)
@@ -308,6 +381,18 @@ def _run_tree(
         feed=config.feed.enabled,
         alert_channels=config.alerts.channels(),
     )
+    try:
+        admin = start_admin(
+            root, config, token=resolve_token(config, url), port=admin_port, engine=engine
+        )
+    except (AdminStartError, AdminTokenError) as exc:
+        log.error("admin.failed", error=str(exc))
+        closing.set()
+        _shutdown(root, scheduler, shutdown_budget(config))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        engine.dispose()
+        raise UsageError(str(exc)) from None
     if demo:
         _stage_demo_faults(Control(root), scheduler)
     try:
@@ -324,6 +409,8 @@ def _run_tree(
             _drain_alerts(Control(root), clock, DEMO_DRAIN_SECONDS if demo else RUN_DRAIN_SECONDS)
         closing.set()
         _shutdown(root, scheduler, shutdown_budget(config))
+        # After the tree: probes see 503 while it stops, not a refused connection.
+        admin.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if demo:
@@ -412,7 +499,9 @@ def _demo_config() -> TickvisorConfig:
                 interval_seconds=1.0,
                 symbols=symbols,
                 breaker=BreakerConfig(failure_threshold=3, timeout=2.0, half_open_max_calls=1),
-            )
+            ),
+            depth=DepthServiceConfig(interval_seconds=1.0, symbols=symbols),
+            sentiment=SentimentServiceConfig(interval_seconds=1.0, symbols=symbols),
         ),
         # Short waits, so the demo's few seconds show a breaker's open and
         # resolved notifications on whatever channel the environment names.
@@ -427,8 +516,13 @@ def _demo_config() -> TickvisorConfig:
 
 def _print_demo_summary(engine: sa.Engine) -> None:
     with engine.connect() as conn:
-        tick_count = conn.execute(sa.select(sa.func.count()).select_from(ticks)).scalar_one()
-        candle_count = conn.execute(sa.select(sa.func.count()).select_from(candles)).scalar_one()
+
+        def count(table: sa.Table) -> int:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+        tick_count, candle_count = count(ticks), count(candles)
+        snapshot_count, depth_count = count(depth_snapshots), count(depth_metrics)
+        reading_count, sentiment_count = count(sentiment_raw), count(sentiment_metrics)
         transitions = [
             f"{row.payload['from_state']} -> {row.payload['to_state']}"
             for row in conn.execute(
@@ -468,6 +562,8 @@ def _print_demo_summary(engine: sa.Engine) -> None:
         "\ntickvisor demo summary\n"
         f"  ticks generated   : {tick_count}\n"
         f"  candles written   : {candle_count}\n"
+        f"  depth snapshots   : {snapshot_count} -> {depth_count} depth metrics\n"
+        f"  sentiment readings: {reading_count} -> {sentiment_count} sentiment metrics\n"
         f"  breaker cycle     : {', '.join(transitions) or 'none'}\n"
         f"  supervisor        : {', '.join(decisions) or 'none'}\n"
         f"  notifications     : {notified}; {channels}\n",

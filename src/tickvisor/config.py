@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_FEED_SYMBOLS",
     "LOG_LEVELS",
     "TIMEFRAMES",
+    "AdminConfig",
     "AlertDeliveryConfig",
     "AlertRoute",
     "AlertsConfig",
@@ -49,9 +50,11 @@ __all__ = [
     "CandleServiceConfig",
     "ConfigError",
     "DatabaseConfig",
+    "DepthServiceConfig",
     "EmailConfig",
     "FeedConfig",
     "LoggingConfig",
+    "SentimentServiceConfig",
     "ServiceConfig",
     "ServicesConfig",
     "SlackConfig",
@@ -216,6 +219,10 @@ class FeedConfig(_Model):
     interval_seconds: Seconds = 1.0
     ticks_per_interval: Count = 20
     seed: Annotated[int, _NoBool] | None = None
+    #: Also write one order-book snapshot per symbol and batch (input of the depth service).
+    depth_snapshots: bool = True
+    #: Also write one positioning reading per symbol and batch (input of sentiment).
+    sentiment_readings: bool = True
 
 
 class BreakerConfig(_Model):
@@ -341,6 +348,48 @@ class CandleServiceConfig(ServiceConfig):
     batch_ticks: int = Field(default=100_000, ge=1, le=10_000_000)
 
 
+class DepthServiceConfig(ServiceConfig):
+    """Settings of the depth service (order-book snapshots -> depth metrics)."""
+
+    #: Levels per side summed into bid_depth and ask_depth.
+    levels: int = Field(default=10, ge=1, le=1000)
+    #: Snapshots processed per transaction while catching up a backlog.
+    batch_snapshots: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
+Percent = Annotated[float, _NoBool, Field(ge=0, le=100, allow_inf_nan=False)]
+
+
+class SentimentServiceConfig(ServiceConfig):
+    """Settings of the sentiment service (positioning readings -> sentiment metrics)."""
+
+    #: Contrarian signal -1 when long_pct is above this (the crowd is heavily long).
+    contrarian_upper: Percent = 70.0
+    #: Contrarian signal +1 when long_pct is below this (the crowd is heavily short).
+    contrarian_lower: Percent = 30.0
+    #: Label "bullish" at or above this long_pct, "bearish" at or below bearish_below.
+    bullish_above: Percent = 55.0
+    bearish_below: Percent = 45.0
+    #: A reading older than this is marked stale.
+    max_age_seconds: Seconds = 3600.0
+    #: Raw rows processed per transaction while catching up a backlog.
+    batch_rows: int = Field(default=50_000, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> SentimentServiceConfig:
+        if self.contrarian_lower >= self.contrarian_upper:
+            raise ValueError(
+                f"contrarian_lower ({self.contrarian_lower:g}) must be below contrarian_upper "
+                f"({self.contrarian_upper:g})"
+            )
+        if self.bearish_below >= self.bullish_above:
+            raise ValueError(
+                f"bearish_below ({self.bearish_below:g}) must be below bullish_above "
+                f"({self.bullish_above:g})"
+            )
+        return self
+
+
 class SlackConfig(_Model):
     """A Slack incoming webhook. The URL is the secret: it is never logged or shown."""
 
@@ -430,6 +479,8 @@ class ServicesConfig(_Model):
     """One optional entry per service; an absent entry means the service is not run."""
 
     candles: CandleServiceConfig | None = None
+    depth: DepthServiceConfig | None = None
+    sentiment: SentimentServiceConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -446,6 +497,55 @@ def _from_file(info: ValidationInfo) -> bool:
     return isinstance(info.context, Mapping) and bool(info.context.get("from_file"))
 
 
+#: The shortest admin token accepted: anything shorter is guessable, not a secret.
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class AdminConfig(_Model):
+    """The admin HTTP API: health, readiness, metrics, status and control.
+
+    It listens on loopback by default because its control routes can pause
+    and restart services; exposing it is a deliberate choice (``host``).
+    The control routes need a bearer token: ``TICKVISOR_ADMIN_TOKEN`` wins,
+    then ``token``; with neither, ``run`` generates one and writes it
+    (owner-only) to ``token_file``, by default ``tickvisor-admin.token`` next
+    to the SQLite database (the working folder for PostgreSQL).
+    """
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (the start-up log line names the real one).
+    port: Annotated[int, _NoBool, Field(ge=0, le=65535)] = 8787
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty; 127.0.0.1 keeps the admin API on this machine")
+        return value.strip()
+
+    @field_validator("token")
+    @classmethod
+    def _token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty token (an unset ${VAR:-}) would make every bearer header
+        # compare as a match against nothing: refuse it instead of running open.
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters; remove the key to "
+                "have one generated, or set TICKVISOR_ADMIN_TOKEN"
+            )
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _resolve_token_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """Relative to the config file's folder, like ``symbols_file``."""
+        if value is None:
+            return None
+        return (_base_dir(info) / value.expanduser()).absolute()
+
+
 class TickvisorConfig(_Model):
     """The whole configuration of one tickvisor process."""
 
@@ -455,6 +555,7 @@ class TickvisorConfig(_Model):
     feed: FeedConfig = Field(default_factory=FeedConfig)
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
 
 
 # --------------------------------------------------------------------------- alert env

@@ -19,12 +19,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from tickvisor import telemetry
 from tickvisor.actors.breaker import CircuitBreaker
 from tickvisor.actors.symbol_cache import SymbolCache, SymbolLoader
 from tickvisor.clock import Clock, Scheduler, Timer, now_ms
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 RECENT_ERRORS = 10
+#: Iterations whose outcome makes up ``recent_error_rate`` (what health checks judge by).
+RECENT_OUTCOMES = 20
 
 
 class InjectedFailure(RuntimeError):
@@ -145,12 +148,18 @@ class ServiceActor(pykka.ThreadingActor):
         self._last_finished: float | None = None
         self._catch_up_pending = False
         self._recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self._recent_outcomes: deque[bool] = deque(maxlen=RECENT_OUTCOMES)  # True: failed
         self._injected_failures = 0
         self._timer: Timer | None = None
         self._metrics_lock = threading.Lock()
         self.fence: Fence | None = None
         self._more_work = False
         self._first_iteration_pending = False
+        # Metric children bound once: a label lookup per iteration is wasted work.
+        self._iterations_metric = telemetry.ITERATIONS.labels(service=name)
+        self._errors_metric = telemetry.ERRORS.labels(service=name)
+        self._duration_metric = telemetry.ITERATION_SECONDS.labels(service=name)
+        self._untrack_cache: Callable[[], None] | None = None
 
     # --- what subclasses implement -------------------------------------------
 
@@ -181,6 +190,11 @@ class ServiceActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         bind_context(service=self.name)
         self._running = True
+        # A new instance starts with a closed breaker, whatever its predecessor's was.
+        telemetry.BREAKER_STATE.labels(service=self.name).set(
+            telemetry.breaker_state_value(self.circuit_breaker.state.value)
+        )
+        self._untrack_cache = telemetry.SYMBOL_CACHES.track(self.name, self.symbol_cache)
         self._claim_fence(at_start=True)
         if self.parent is None:
             self._queue_first_iteration()
@@ -319,6 +333,9 @@ class ServiceActor(pykka.ThreadingActor):
         with self._metrics_lock:
             self._iteration_count += 1
             self._last_iteration_seconds = elapsed
+            self._recent_outcomes.append(False)
+        self._iterations_metric.inc()
+        self._duration_metric.observe(elapsed)
         self.circuit_breaker.record_success(elapsed)
         self.log.debug(
             "service.iteration_completed",
@@ -335,6 +352,14 @@ class ServiceActor(pykka.ThreadingActor):
     def continue_soon(self) -> None:
         """Called by a subclass whose iteration stopped at its budget with work left."""
         self._more_work = True
+
+    def observe_lag(self, symbol: str, lag_seconds: float) -> None:
+        """Called by a subclass after a pass: how far ``symbol``'s output lags its input.
+
+        Exported as ``tickvisor_candle_lag_seconds{service, symbol}``, set at
+        the moment the pass measured it rather than guessed from metrics later.
+        """
+        telemetry.CANDLE_LAG.labels(service=self.name, symbol=symbol).set(lag_seconds)
 
     @property
     def iteration_budget_seconds(self) -> float | None:
@@ -378,6 +403,10 @@ class ServiceActor(pykka.ThreadingActor):
             self._recent_errors.append(
                 {"time": now, "type": type(exc).__name__, "message": str(exc)[:500]}
             )
+            self._recent_outcomes.append(True)
+        self._iterations_metric.inc()
+        self._errors_metric.inc()
+        self._duration_metric.observe(elapsed)
         self.log.warning(
             "service.iteration_failed",
             error_type=type(exc).__name__,
@@ -403,6 +432,12 @@ class ServiceActor(pykka.ThreadingActor):
                 "generation": self.generation,
                 "skipped_while_open": self._skipped_open,
                 "coalesced_iterations": self._coalesced,
+                "recent_iterations": len(self._recent_outcomes),
+                "recent_error_rate": (
+                    sum(self._recent_outcomes) / len(self._recent_outcomes)
+                    if self._recent_outcomes
+                    else None
+                ),
             }
         metrics["symbols"] = self._peek_symbols()
         metrics["symbol_cache_enabled"] = self.symbol_cache.enabled
@@ -448,6 +483,10 @@ class ServiceActor(pykka.ThreadingActor):
 
     def _publish_transition(self, event: BreakerTransition) -> None:
         event = dataclasses.replace(event, generation=self.generation)
+        telemetry.BREAKER_TRANSITIONS.labels(service=self.name, to_state=event.to_state).inc()
+        telemetry.BREAKER_STATE.labels(service=self.name).set(
+            telemetry.breaker_state_value(event.to_state)
+        )
         self.log.info(
             "breaker.transition",
             from_state=event.from_state,
@@ -464,6 +503,9 @@ class ServiceActor(pykka.ThreadingActor):
 
     def _shutdown(self) -> None:
         self._running = False
+        if self._untrack_cache is not None:
+            self._untrack_cache()
+            self._untrack_cache = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

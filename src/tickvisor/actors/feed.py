@@ -1,4 +1,8 @@
-"""A synthetic tick feed, so the demo and the tests have live input to aggregate.
+"""A synthetic market-data feed, so the demo and the tests have live input to process.
+
+Each batch writes ticks (for candles) and, when enabled, one order-book
+snapshot per symbol (for depth) and one positioning reading per symbol (for
+sentiment), all in one transaction.
 
 The generator is plain, seeded Python (reproducible batches for tests); the
 actor only decides *when* a batch is written and survives a database that
@@ -20,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tickvisor.clock import Clock, Scheduler, Timer, now_ms
 from tickvisor.logs import get_logger
 from tickvisor.messages import GenerateTicks, GetMetrics, Ping
+from tickvisor.store.inputs import insert_depth_snapshots, insert_sentiment_rows
 from tickvisor.store.ticks import insert_ticks
 
 if TYPE_CHECKING:
@@ -38,6 +43,9 @@ _MIN_SPREAD_POINTS = 3
 _MAX_SPREAD_POINTS = 20
 _LOT = 100_000.0
 _MAX_LOTS = 50
+BOOK_LEVELS = 10
+# Positioning moves slowly: a step of about half a percentage point per reading.
+_SENTIMENT_SIGMA = 0.5
 
 
 @dataclass(slots=True)
@@ -45,6 +53,7 @@ class _Walk:
     mid: float
     digits: int
     last_ts: int | None = None
+    long_pct: float = 50.0
 
     @property
     def point(self) -> float:
@@ -78,6 +87,9 @@ class SyntheticTickGenerator:
             raise ValueError("SyntheticTickGenerator: needs at least one symbol")
         self.symbols = list(dict.fromkeys(symbols))
         self._rng = random.Random(seed)
+        # Books and readings draw from their own stream, so adding them left
+        # the seeded tick sequence (and every test built on it) unchanged.
+        self._side_rng = random.Random(None if seed is None else seed + 1)
         self._walks = {symbol: _walk_for(symbol) for symbol in self.symbols}
         self._interval_ms = max(1, interval_ms)
         self._previous_now: int | None = None
@@ -101,6 +113,49 @@ class SyntheticTickGenerator:
             )
         keyed.sort(key=lambda item: (item[0], item[1]))
         return [tick for _, _, tick in keyed]
+
+    def depth_snapshots(self, now_ms: int) -> list[dict[str, object]]:
+        """One order book per symbol at ``now_ms``, around the symbol's current mid."""
+        rng = self._side_rng
+        books: list[dict[str, object]] = []
+        for symbol, walk in self._walks.items():
+            point = walk.point
+            half = rng.randint(_MIN_SPREAD_POINTS, _MAX_SPREAD_POINTS) * point / 2
+            bids = [
+                [round(walk.mid - half - level * point, walk.digits), self._lots(rng)]
+                for level in range(BOOK_LEVELS)
+            ]
+            asks = [
+                [round(walk.mid + half + level * point, walk.digits), self._lots(rng)]
+                for level in range(BOOK_LEVELS)
+            ]
+            books.append(
+                {"symbol": symbol, "ts_ms": now_ms, "provider": SOURCE, "bids": bids, "asks": asks}
+            )
+        return books
+
+    def sentiment_readings(self, now_ms: int) -> list[dict[str, object]]:
+        """One positioning reading per symbol at ``now_ms``: a bounded random walk of long %."""
+        rng = self._side_rng
+        readings: list[dict[str, object]] = []
+        for symbol, walk in self._walks.items():
+            walk.long_pct = min(95.0, max(5.0, walk.long_pct + rng.gauss(0.0, _SENTIMENT_SIGMA)))
+            long_pct = round(walk.long_pct, 2)
+            readings.append(
+                {
+                    "symbol": symbol,
+                    "ts_ms": now_ms,
+                    "provider": SOURCE,
+                    "long_pct": long_pct,
+                    "short_pct": round(100.0 - long_pct, 2),
+                    "total_traders": rng.randint(1_000, 50_000),
+                }
+            )
+        return readings
+
+    @staticmethod
+    def _lots(rng: random.Random) -> float:
+        return rng.randint(1, _MAX_LOTS) * _LOT
 
     def _timestamps(self, walk: _Walk, window_start: int, now_ms: int, n: int) -> list[int]:
         """``n`` increasing timestamps after both the window start and the symbol's last tick."""
@@ -147,6 +202,8 @@ class FeedActor(pykka.ThreadingActor):
         interval_seconds: float = 1.0,
         ticks_per_interval: int = 20,
         seed: int | None = None,
+        depth_snapshots: bool = False,
+        sentiment_readings: bool = False,
     ) -> None:
         super().__init__()
         if interval_seconds <= 0:
@@ -156,6 +213,8 @@ class FeedActor(pykka.ThreadingActor):
         self.scheduler = scheduler
         self.interval_seconds = interval_seconds
         self.ticks_per_interval = ticks_per_interval
+        self.write_depth = depth_snapshots
+        self.write_sentiment = sentiment_readings
         self.generator = SyntheticTickGenerator(
             symbols, seed, interval_ms=round(interval_seconds * 1000)
         )
@@ -164,6 +223,8 @@ class FeedActor(pykka.ThreadingActor):
         self.log = get_logger(__name__, service="feed")
         self._timer: Timer | None = None
         self._ticks_written = 0
+        self._snapshots_written = 0
+        self._readings_written = 0
         self._batches_written = 0
         self._insert_failures = 0
         self._last_error: str | None = None
@@ -211,6 +272,8 @@ class FeedActor(pykka.ThreadingActor):
             "service": "feed",
             "symbols": list(self.generator.symbols),
             "ticks_written": self._ticks_written,
+            "snapshots_written": self._snapshots_written,
+            "readings_written": self._readings_written,
             "batches_written": self._batches_written,
             "insert_failures": self._insert_failures,
             "last_error": self._last_error,
@@ -223,9 +286,13 @@ class FeedActor(pykka.ThreadingActor):
         lag_ms = max(0, round((self.clock.monotonic() - message.scheduled_at) * 1000))
         batch_ms = now_ms(self.clock) - lag_ms
         rows = self.generator.next_batch(batch_ms, self.ticks_per_interval)
+        books = self.generator.depth_snapshots(batch_ms) if self.write_depth else []
+        readings = self.generator.sentiment_readings(batch_ms) if self.write_sentiment else []
         try:
             with self.engine.begin() as conn:
                 written = insert_ticks(conn, rows)
+                snapshots = insert_depth_snapshots(conn, books)
+                sentiment = insert_sentiment_rows(conn, readings)
         except SQLAlchemyError as exc:
             self._insert_failures += 1
             self._last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -238,6 +305,8 @@ class FeedActor(pykka.ThreadingActor):
             )
             return
         self._ticks_written += written
+        self._snapshots_written += snapshots
+        self._readings_written += sentiment
         self._batches_written += 1
         self._last_batch_ms = batch_ms
 

@@ -146,7 +146,9 @@ class SymbolCache:
                 return fallback
             with self._lock:
                 self._symbols = symbols
-                self._loaded_at = self._monotonic()
+                # An empty list is not kept for a whole TTL: a service started
+                # before its first input row would otherwise idle for minutes.
+                self._loaded_at = self._monotonic() if symbols else None
                 self._ever_loaded = True
                 self._reloads += 1
                 self._last_error = None

@@ -30,6 +30,7 @@ from typing import Any
 import pykka
 import tenacity
 
+from tickvisor import telemetry
 from tickvisor.alerts.channels.base import Channel
 from tickvisor.alerts.notification import (
     EndpointGoneError,
@@ -89,6 +90,9 @@ class ChannelActor(pykka.ThreadingActor):
         self._next_send_at = 0.0
         self.disabled: str | None = None
         self.counters = {"messages": 0, "delivered": 0, "failed": 0, "dead_lettered": 0}
+        self._sent_metric = telemetry.ALERTS_SENT.labels(channel=channel.name)
+        self._failed_metric = telemetry.ALERTS_FAILED.labels(channel=channel.name)
+        self._dead_metric = telemetry.ALERTS_DEAD_LETTERED.labels(channel=channel.name)
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -173,6 +177,7 @@ class ChannelActor(pykka.ThreadingActor):
             self.outbox.mark_delivered(ids, self.channel.name, now_ms(self.clock))
             self.counters["messages"] += 1
             self.counters["delivered"] += len(ids)
+            self._sent_metric.inc(len(ids))
             for notification in notifications:
                 self.log.info(
                     "alert.delivered",
@@ -204,6 +209,7 @@ class ChannelActor(pykka.ThreadingActor):
         now = now_ms(self.clock)
         error = f"{type(exc).__name__}: {exc}"
         self.counters["failed"] += len(batch)
+        self._failed_metric.inc(len(batch))
         for notification, attempts, created in batch:
             tries = attempts + 1
             too_old = now - created >= self.delivery.max_age_seconds * 1000
@@ -226,6 +232,7 @@ class ChannelActor(pykka.ThreadingActor):
     def _dead(self, ids: list[str], reason: str) -> None:
         self.outbox.mark_dead(ids, self.channel.name, reason, now_ms(self.clock))
         self.counters["dead_lettered"] += len(ids)
+        self._dead_metric.inc(len(ids))
         self._remember(ids)
         for alert_id in ids:
             self.log.error("alert.dead_lettered", alert_id=alert_id, reason=reason)

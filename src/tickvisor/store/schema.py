@@ -241,7 +241,15 @@ sentiment_metrics = Table(
     #: True once the row is older than ``max_age_seconds`` (refreshed every iteration).
     Column("stale", Boolean, nullable=False),
     Column("updated_ms", BigInteger, nullable=False),
-    Index(None, "stale", "ts_ms"),
+    # Only the rows not yet stale: what each pass's stale refresh looks at.
+    # Small (the last max_age_seconds of readings) and ordered by time, so
+    # marking rows stale never touches pages of older history.
+    Index(
+        "ix_sentiment_metrics_fresh_ts_ms",
+        "ts_ms",
+        sqlite_where=text("stale = 0"),
+        postgresql_where=text("NOT stale"),
+    ),
 )
 
 #: Raw sentiment rows the service could not use, once each, with the reason.

@@ -30,6 +30,7 @@ from typing import Any
 
 import pykka
 
+from tickvisor import telemetry
 from tickvisor.clock import Clock, Scheduler, Timer
 from tickvisor.logs import bind_context, get_logger
 from tickvisor.messages import (
@@ -456,6 +457,7 @@ class Supervisor(pykka.ThreadingActor):
                 self._restarted(child, why)
 
     def _restarted(self, child: _Child, reason: str) -> None:
+        telemetry.CHILD_RESTARTS.labels(supervisor=self.path, child=child.name).inc()
         self.log.warning(
             "child.restarted",
             child=child.name,

@@ -7,7 +7,9 @@
     │              the router (AlertActor: log channel, grouping, outbox)
     ├── feed       FeedActor (optional)
     └── services   Supervisor (strategy, intensity and backoff from config)
-        └── candles ... one child per enabled service
+        ├── candles
+        ├── depth
+        └── sentiment    one child per enabled service
 
 Services publish to an :class:`~tickvisor.eventbus.EventBus` and tell their
 supervisor; the alerts actor subscribes to the bus each time it starts, so a
@@ -23,9 +25,11 @@ from typing import Any
 import pykka
 from sqlalchemy import Engine
 
-from tickvisor.actors.base import ServiceActor
 from tickvisor.actors.candles import CandleService
+from tickvisor.actors.depth import DepthService
 from tickvisor.actors.feed import FeedActor
+from tickvisor.actors.incremental import IncrementalService
+from tickvisor.actors.sentiment import SentimentService
 from tickvisor.alerts.actor import AlertActor
 from tickvisor.alerts.channel_actor import ChannelActor
 from tickvisor.alerts.channels.base import Channel
@@ -39,8 +43,12 @@ from tickvisor.supervision.spec import BreakerPolicy, ChildSpec, RestartType
 from tickvisor.supervision.strategy import ONE_FOR_ONE, strategy_named
 from tickvisor.supervision.supervisor import Supervisor
 
-#: Service name -> actor class; later issues register depth and sentiment here.
-SERVICE_TYPES: dict[str, type[ServiceActor]] = {"candles": CandleService}
+#: Service name -> actor class, in start order.
+SERVICE_TYPES: dict[str, type[IncrementalService]] = {
+    "candles": CandleService,
+    "depth": DepthService,
+    "sentiment": SentimentService,
+}
 
 ROOT = "root"
 ALERTS = "alerts"
@@ -160,6 +168,8 @@ def build_tree(
                 interval_seconds=feed.interval_seconds,
                 ticks_per_interval=feed.ticks_per_interval,
                 seed=feed.seed,
+                depth_snapshots=feed.depth_snapshots,
+                sentiment_readings=feed.sentiment_readings,
             )
 
         root_specs.append(
