@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from tickvisor.clock import FakeClock, SteppedScheduler
 from tickvisor.store.engine import make_engine, open_database
+from tickvisor.store.migrate import VERSION_TABLE
 from tickvisor.store.schema import metadata
 
 PG_URL_ENV = "TICKVISOR_TEST_PG_URL"
@@ -56,8 +57,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("pg_url")
     reset = create_engine(url)
     try:
+        # Empty like the SQLite file: tables made here by create_all would have
+        # no schema revision, and open_database refuses those as pre-migration.
         metadata.drop_all(reset)
-        metadata.create_all(reset)
+        with reset.begin() as conn:
+            conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     finally:
         reset.dispose()
     return url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from tickvisor.store.engine import open_database
 from tickvisor.store.inputs import insert_depth_snapshots, insert_sentiment_rows
@@ -125,6 +126,57 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert token_file.read_text().strip() not in out
 
 
+def test_run_reloads_a_saved_config_and_rejects_a_broken_one(tmp_path: Path) -> None:
+    config = tmp_path / "tickvisor.yaml"
+    original = "services:\n  candles:\n    interval_seconds: 0.5\n"
+    config.write_text(original)
+    proc = subprocess.Popen(
+        [
+            *TICKVISOR,
+            "run",
+            "--config",
+            str(config),
+            "--db",
+            f"sqlite:///{tmp_path / 'r.db'}",
+            "--admin-port",
+            "0",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def wait_for_event(name: str) -> dict[str, object]:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = json.loads(proc.stdout.readline())
+            if line["event"] == name:
+                return line
+        raise AssertionError(f"no {name} line within 30 s")
+
+    def save(text: str) -> None:  # as editors do: write a temporary file, rename it over
+        temporary = tmp_path / ".tickvisor.yaml.swp"
+        temporary.write_text(text)
+        os.replace(temporary, config)
+
+    try:
+        wait_for_event("config.watching")
+        save(original.replace("0.5", "2"))
+        reloaded = wait_for_event("config.reloaded")
+        assert "services.candles.interval_seconds" in str(reloaded["applied"])
+        save("services:\n  candles:\n    interval_seconds: -1\n")
+        rejected = wait_for_event("config.rejected")
+        assert "services.candles.interval_seconds" in str(rejected["error"])
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+
+
 def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
     result = run("demo", "--seconds", "12", "--admin-port", "0", cwd=tmp_path, timeout=90)
     assert result.returncode == 0, result.stderr
@@ -234,6 +286,34 @@ def test_import_books_and_readings_then_aggregate(tmp_path: Path) -> None:
     engine.dispose()
     assert mid == pytest.approx(1.15)  # best bid 1.1, best ask 1.2 after sorting
     assert contrarian == -1  # the crowd is more than 70 % long
+
+
+def test_db_current_and_upgrade(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    current = run("db", "current", "--db", url, cwd=tmp_path)
+    assert current.returncode == 1  # an upgrade is needed
+    (line,) = [r for r in json_lines(current.stdout) if r["event"] == "db.current"]
+    assert (line["state"], line["revision"]) == ("empty", None)
+    upgraded = run("db", "upgrade", "--db", url, cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    again = run("db", "current", "--db", url, cwd=tmp_path)
+    assert again.returncode == 0
+    (line,) = [r for r in json_lines(again.stdout) if r["event"] == "db.current"]
+    assert line["state"] == "head" and line["revision"] == line["head"]
+
+
+def test_run_refuses_a_schema_it_does_not_match_and_says_what_to_run(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # tickvisor tables, but no schema revision
+        conn.execute(text("CREATE TABLE ticks (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    config = tmp_path / "tickvisor.yaml"
+    config.write_text("services:\n  candles: {}\n")
+    result = run("run", "--config", str(config), "--db", url, "--admin-port", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "tickvisor db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:

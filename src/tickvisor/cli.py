@@ -40,6 +40,8 @@ from tickvisor.config import (
     load_config,
     with_alert_env,
 )
+from tickvisor.ctl import add_ctl_parser
+from tickvisor.eventbus import EventBus
 from tickvisor.ingest import (
     DEFAULT_BATCH_SIZE,
     FORMATS,
@@ -58,8 +60,16 @@ from tickvisor.ingest.records import (
 )
 from tickvisor.logs import configure_logging, get_logger
 from tickvisor.messages import Crash, FlushAlerts, InjectFailures
+from tickvisor.reload import ConfigWatcher, watch_config
 from tickvisor.store.catchup import CatchUpFailed
-from tickvisor.store.engine import DatabaseUnavailable, open_database, safe_url
+from tickvisor.store.engine import (
+    DatabaseUnavailable,
+    check_connection,
+    make_engine,
+    open_database,
+    safe_url,
+)
+from tickvisor.store.migrate import schema_state, upgrade
 from tickvisor.store.schema import (
     alert_deliveries,
     alert_notifications,
@@ -172,6 +182,13 @@ def _parser() -> argparse.ArgumentParser:
         help="candles: ticks per transaction (default 100000)",
     )
     agg.set_defaults(handler=cmd_aggregate)
+
+    add_ctl_parser(sub, [common, db])
+
+    database = sub.add_parser("db", parents=[common, db], help="the database schema")
+    database.add_argument("action", choices=["current", "upgrade"])
+    database.add_argument("--config", type=Path, metavar="FILE", default=None)
+    database.set_defaults(handler=cmd_db)
     return parser
 
 
@@ -199,7 +216,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return _run_tree(
-        config, args.db or config.database.url, seconds=None, admin_port=args.admin_port
+        config,
+        args.db or config.database.url,
+        seconds=None,
+        admin_port=args.admin_port,
+        config_path=args.config,
     )
 
 
@@ -333,6 +354,45 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return EXIT_ESCALATED if failed else EXIT_OK
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """``db current``: where the schema stands (exit 0 at head, 1 behind); ``db upgrade``.
+
+    Neither goes through :func:`open_database`, which refuses a database at
+    another revision: these are the commands that message tells users to run.
+    """
+    config = _load(args.config) if args.config else TickvisorConfig()
+    engine = make_engine(args.db or config.database.url)
+    try:
+        check_connection(engine)
+        if args.action == "upgrade":
+            before = schema_state(engine)
+            reached = upgrade(engine)
+            log.info(
+                "db.upgraded", database=safe_url(engine.url), before=before.current, now=reached
+            )
+            print(f"{safe_url(engine.url)}: schema at {reached} (was {before.current or 'none'})")
+            return EXIT_OK
+        state = schema_state(engine)
+        log.info(
+            "db.current",
+            database=safe_url(engine.url),
+            revision=state.current,
+            head=state.head,
+            state=state.kind,
+        )
+        print(
+            f"{safe_url(engine.url)}: {state.current or 'no revision'} "
+            f"({state.kind}; this tickvisor needs {state.head})",
+            file=sys.stderr,
+        )
+        return EXIT_OK if state.kind == "head" else EXIT_ESCALATED
+    except DatabaseUnavailable as exc:
+        log.error("database.unavailable", error=str(exc))
+        raise UsageError(str(exc)) from None
+    finally:
+        engine.dispose()
+
+
 # --- the running tree --------------------------------------------------------------
 
 
@@ -343,6 +403,7 @@ def _run_tree(
     seconds: float | None,
     demo: bool = False,
     admin_port: int | None = None,
+    config_path: Path | None = None,
 ) -> int:
     try:
         config = with_alert_env(config)
@@ -365,6 +426,7 @@ def _run_tree(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    bus = EventBus()
     root = build_tree(
         config,
         engine=engine,
@@ -372,6 +434,7 @@ def _run_tree(
         scheduler=scheduler,
         on_escalate=on_escalate,
         closing=closing,
+        bus=bus,
     )
     log.info(
         "tickvisor.started",
@@ -395,6 +458,11 @@ def _run_tree(
         raise UsageError(str(exc)) from None
     if demo:
         _stage_demo_faults(Control(root), scheduler)
+    watcher = _watch(config_path, Control(root), bus, config, clock)
+    if watcher is not None:
+        previous[signal.SIGHUP] = signal.signal(
+            signal.SIGHUP, lambda _signum, _frame: watcher.request_reload()
+        )
     try:
         deadline = None if seconds is None else clock.monotonic() + seconds
         while not stop.is_set() and root.is_alive():
@@ -405,6 +473,8 @@ def _run_tree(
         if not stop.is_set() and not root.is_alive():
             escalation.append("the root supervisor stopped unexpectedly")
     finally:
+        if watcher is not None:
+            watcher.stop()  # before the tree stops: no reload into a stopping tree
         if not escalation:
             _drain_alerts(Control(root), clock, DEMO_DRAIN_SECONDS if demo else RUN_DRAIN_SECONDS)
         closing.set()
@@ -421,6 +491,19 @@ def _run_tree(
         return EXIT_ESCALATED
     log.info("tickvisor.stopped", exit_code=EXIT_OK, threads_left=_threads_left())
     return EXIT_OK
+
+
+def _watch(
+    path: Path | None, control: Control, bus: EventBus, config: TickvisorConfig, clock: RealClock
+) -> ConfigWatcher | None:
+    """Watch the config file (and symbols files) for a reload; SIGHUP reloads on demand."""
+    if path is None:
+        return None
+    try:
+        return watch_config(path, control, bus, config, clock)
+    except OSError as exc:  # neither inotify nor polling could watch the folder
+        log.warning("config.watch_failed", file=str(path), error=str(exc))
+        return None
 
 
 def _threads_left() -> list[str]:

@@ -124,8 +124,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric_level)
-    # SQLAlchemy's engine echo and pykka's debug chatter stay at WARNING unless asked.
-    for noisy in ("sqlalchemy", "pykka", "urllib3"):
+    # SQLAlchemy's engine echo, pykka's debug chatter and Alembic's free-text
+    # progress lines ("Context impl SQLiteImpl.") stay at WARNING unless asked;
+    # tickvisor logs its own schema.* events instead.
+    for noisy in ("sqlalchemy", "pykka", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
     logging.captureWarnings(True)
     _install_excepthooks()

@@ -59,6 +59,22 @@ class ResetBreaker:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyConfig:
+    """Take over the parts of a reloaded service config that are safe to change live.
+
+    The interval, the breaker's settings (its state is kept), the symbol
+    source and the iteration deadline. Job settings (timeframes, levels,
+    batch sizes, thresholds) are not: the supervisor restarts the service
+    with the new config for those (:class:`ReconfigureChild` with ``restart``).
+    Answered with ``{"applied": [keys], "not_applied": [keys]}``. ``config``
+    is a :class:`~tickvisor.config.ServiceConfig`, typed ``object`` because a
+    supervisor forwards it without looking inside.
+    """
+
+    config: object
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """Answered with True by every tickvisor actor once its ``on_start`` has run.
 
@@ -184,6 +200,24 @@ class SupervisorEvent:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigRejected:
+    """A reloaded config file could not be used; the running config stays in force.
+
+    ``error`` is the :class:`~tickvisor.config.ConfigError` text, which never
+    shows a secret value. Published on the event bus: the alerts actor turns
+    it into a warning alert, since nothing is broken yet but the next start
+    from that file would fail.
+    """
+
+    file: str
+    error: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 # --- supervisor requests (to a supervisor) -----------------------------------
 
 
@@ -256,6 +290,25 @@ class StartChild:
 
     child: str
     spec: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReconfigureChild:
+    """Give a child a new config, for now and for every later restart.
+
+    The supervisor rebuilds the child's spec from ``config`` (with the
+    builder it was started with), so a restarted instance starts with the
+    new config, not the one the tree was built from. The running instance
+    is then told :class:`ApplyConfig`, or, with ``restart``, replaced by a
+    new instance (not counted against the restart intensity: the operator
+    asked for it by saving the file). ``config`` is typed ``object`` because
+    the supervisor does not look inside it.
+    """
+
+    child: str
+    config: object
+    restart: bool = False
+    reason: str = "config_reloaded"
 
 
 @dataclass(frozen=True, slots=True)

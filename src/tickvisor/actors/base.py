@@ -29,8 +29,10 @@ from tickvisor import telemetry
 from tickvisor.actors.breaker import CircuitBreaker
 from tickvisor.actors.symbol_cache import SymbolCache, SymbolLoader
 from tickvisor.clock import Clock, Scheduler, Timer, now_ms
+from tickvisor.config import ServiceConfig
 from tickvisor.logs import bind_context, get_logger
 from tickvisor.messages import (
+    ApplyConfig,
     BreakerTransition,
     ChildExited,
     Crash,
@@ -52,7 +54,7 @@ from tickvisor.symbols import load_symbols_file
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from tickvisor.config import BreakerConfig, ServiceConfig
+    from tickvisor.config import BreakerConfig
 
 log = get_logger(__name__)
 
@@ -60,29 +62,54 @@ RECENT_ERRORS = 10
 #: Iterations whose outcome makes up ``recent_error_rate`` (what health checks judge by).
 RECENT_OUTCOMES = 20
 
+#: Service config keys a running service takes over on :class:`ApplyConfig`.
+#: Everything else a service is configured with (its job's timeframes, levels,
+#: batch sizes, thresholds) is built into the instance: a reload restarts it.
+LIVE_KEYS = frozenset(
+    {
+        "interval_seconds",
+        "breaker",
+        "symbols",
+        "symbols_file",
+        "symbol_cache_ttl",
+        "iteration_deadline_seconds",
+    }
+)
+#: Keys only the supervisor acts on (its child spec); a running instance ignores them.
+SPEC_KEYS = frozenset({"restart", "on_breaker_open", "iteration_deadline_seconds"})
+_SYMBOL_KEYS = ("symbols", "symbols_file", "symbol_cache_ttl")
+
 
 class InjectedFailure(RuntimeError):
     """Raised by an iteration that an :class:`InjectFailures` message asked to fail."""
 
 
+def breaker_settings(config: BreakerConfig) -> dict[str, Any]:
+    """The breaker's settings from its config section: one place maps config to arguments.
+
+    Used both to build a breaker and to reconfigure a running one, so a key
+    added to the section cannot be honoured at start and missed on reload.
+    """
+    return {
+        "failure_threshold": config.failure_threshold,
+        "timeout": config.timeout,
+        "half_open_max_calls": config.half_open_max_calls,
+        "success_threshold": config.success_threshold,
+        "backoff_factor": config.backoff_factor,
+        "max_timeout": config.max_timeout,
+        "sliding_window_size": config.sliding_window_size,
+        "minimum_calls": config.minimum_calls,
+        "failure_rate_threshold": config.failure_rate_threshold,
+        "slow_call_seconds": config.slow_call_seconds,
+    }
+
+
 def breaker_from_config(
     config: BreakerConfig, service: str, clock: Clock, **callbacks: Any
 ) -> CircuitBreaker:
-    """Build a breaker from its config section (one place maps config to arguments)."""
+    """Build a breaker from its config section."""
     return CircuitBreaker(
-        failure_threshold=config.failure_threshold,
-        timeout=config.timeout,
-        half_open_max_calls=config.half_open_max_calls,
-        service_name=service,
-        success_threshold=config.success_threshold,
-        backoff_factor=config.backoff_factor,
-        max_timeout=config.max_timeout,
-        sliding_window_size=config.sliding_window_size,
-        minimum_calls=config.minimum_calls,
-        failure_rate_threshold=config.failure_rate_threshold,
-        slow_call_seconds=config.slow_call_seconds,
-        clock=clock,
-        **callbacks,
+        service_name=service, clock=clock, **breaker_settings(config), **callbacks
     )
 
 
@@ -260,6 +287,8 @@ class ServiceActor(pykka.ThreadingActor):
                 self._paused = False
                 self.log.info("service.resumed", reason=reason)
                 return self.get_metrics()
+            case ApplyConfig(config=ServiceConfig() as config):
+                return self.apply_config(config)
             case InvalidateCache():
                 self.symbol_cache.invalidate()
                 self.log.info("symbol_cache.invalidated")
@@ -277,6 +306,52 @@ class ServiceActor(pykka.ThreadingActor):
             case _:
                 self.log.warning("service.unknown_message", message_type=type(message).__name__)
                 return None
+
+    # --- a reloaded config ---------------------------------------------------
+
+    def apply_config(self, config: ServiceConfig) -> dict[str, list[str]]:
+        """Take over what changed in ``config`` among :data:`LIVE_KEYS`; report the rest.
+
+        Runs between iterations, on the actor's thread, so nothing here races
+        an iteration. :attr:`config` afterwards holds what is in force: the
+        new live keys, the old values of anything not applied.
+        """
+        old = self.config
+        changed = [
+            key for key in type(old).model_fields if getattr(old, key) != getattr(config, key)
+        ]
+        applied = [key for key in changed if key in LIVE_KEYS or key in SPEC_KEYS]
+        not_applied = [key for key in changed if key not in applied]
+        if "interval_seconds" in applied:
+            self._reschedule(config.interval_seconds)
+        if "breaker" in applied:
+            self.circuit_breaker.reconfigure(**breaker_settings(config.breaker))
+        self.config = old.model_copy(update={key: getattr(config, key) for key in applied})
+        if any(key in applied for key in _SYMBOL_KEYS):
+            self._replace_symbol_cache()
+        if changed:
+            self.log.info("service.reconfigured", applied=applied, not_applied=not_applied)
+        return {"applied": applied, "not_applied": not_applied}
+
+    def _reschedule(self, interval: float) -> None:
+        """A new interval: the next tick comes one new interval from now."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.interval_seconds = interval
+        self._timer = self.scheduler.tell_every(
+            interval, self.actor_ref, lambda: Iterate(scheduled_at=self.clock.monotonic())
+        )
+
+    def _replace_symbol_cache(self) -> None:
+        """A new source or TTL: a new, empty cache, so the next iteration reads the source.
+
+        The old cache's counts are folded into the exported totals when it is
+        untracked, so the counters never go backwards.
+        """
+        if self._untrack_cache is not None:
+            self._untrack_cache()
+        self.symbol_cache = self._make_symbol_cache(self.config)
+        self._untrack_cache = telemetry.SYMBOL_CACHES.track(self.name, self.symbol_cache)
 
     # --- the iteration ---------------------------------------------------------
 

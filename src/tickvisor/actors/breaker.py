@@ -96,35 +96,17 @@ class CircuitBreaker:
         half_open_max_wait: float | None = None,
         clock: Clock | None = None,
     ) -> None:
-        _require(failure_threshold >= 1, "failure_threshold", failure_threshold, ">= 1")
-        _require(timeout > 0, "timeout", timeout, "> 0")
-        _require(half_open_max_calls >= 1, "half_open_max_calls", half_open_max_calls, ">= 1")
-        _require(
-            1 <= success_threshold <= half_open_max_calls,
-            "success_threshold",
-            success_threshold,
-            f"between 1 and half_open_max_calls ({half_open_max_calls})",
-        )
-        _require(backoff_factor >= 1.0, "backoff_factor", backoff_factor, ">= 1.0")
-        _require(max_timeout >= timeout, "max_timeout", max_timeout, f">= timeout ({timeout})")
-        _require(sliding_window_size >= 0, "sliding_window_size", sliding_window_size, ">= 0")
-        _require(
-            1 <= minimum_calls <= (sliding_window_size or minimum_calls),
-            "minimum_calls",
-            minimum_calls,
-            f">= 1 and <= sliding_window_size ({sliding_window_size})",
-        )
-        _require(
-            0 < failure_rate_threshold <= 100,
-            "failure_rate_threshold",
-            failure_rate_threshold,
-            "in (0, 100]",
-        )
-        _require(
-            slow_call_seconds is None or slow_call_seconds > 0,
-            "slow_call_seconds",
-            slow_call_seconds,
-            "> 0",
+        _validate_settings(
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            half_open_max_calls=half_open_max_calls,
+            success_threshold=success_threshold,
+            backoff_factor=backoff_factor,
+            max_timeout=max_timeout,
+            sliding_window_size=sliding_window_size,
+            minimum_calls=minimum_calls,
+            failure_rate_threshold=failure_rate_threshold,
+            slow_call_seconds=slow_call_seconds,
         )
 
         self.failure_threshold = failure_threshold
@@ -139,6 +121,8 @@ class CircuitBreaker:
         self.slow_call_seconds = slow_call_seconds
         self.ignore_exceptions = ignore_exceptions
         self.half_open_max_wait = timeout if half_open_max_wait is None else half_open_max_wait
+        # Left unset, the stuck-trial limit follows the open timeout, also on reconfigure.
+        self._max_wait_follows_timeout = half_open_max_wait is None
         self.service_name = service_name
         self.on_open = on_open
         self.on_close = on_close
@@ -335,6 +319,66 @@ class CircuitBreaker:
                 self._transition_locked(CircuitState.DISABLED, reason)
         self._notify()
 
+    def reconfigure(
+        self,
+        *,
+        failure_threshold: int,
+        timeout: float,
+        half_open_max_calls: int,
+        success_threshold: int,
+        backoff_factor: float,
+        max_timeout: float,
+        sliding_window_size: int,
+        minimum_calls: int,
+        failure_rate_threshold: float,
+        slow_call_seconds: float | None,
+    ) -> None:
+        """Take new settings (a config reload) without losing the breaker's state.
+
+        Replacing the breaker would close an open circuit behind the
+        supervisor's back (it holds the service until it hears "closed") and
+        forget the failures counted so far. So the state, the counters and
+        the failure-rate window (its newest calls, if it shrinks) are kept,
+        and nothing transitions here: the next recorded call is judged by
+        the new thresholds. An open period already running ends as it was
+        scheduled, because the supervisor timed the half-open trial by it;
+        a new ``timeout`` applies from the next opening. Raises ValueError,
+        changing nothing, if the settings are inconsistent.
+        """
+        _validate_settings(
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            half_open_max_calls=half_open_max_calls,
+            success_threshold=success_threshold,
+            backoff_factor=backoff_factor,
+            max_timeout=max_timeout,
+            sliding_window_size=sliding_window_size,
+            minimum_calls=minimum_calls,
+            failure_rate_threshold=failure_rate_threshold,
+            slow_call_seconds=slow_call_seconds,
+        )
+        with self._lock:
+            self.failure_threshold = failure_threshold
+            self.timeout = timeout
+            self.half_open_max_calls = half_open_max_calls
+            self.success_threshold = success_threshold
+            self.backoff_factor = backoff_factor
+            self.max_timeout = max_timeout
+            self.minimum_calls = minimum_calls
+            self.failure_rate_threshold = failure_rate_threshold
+            self.slow_call_seconds = slow_call_seconds
+            if self._max_wait_follows_timeout:
+                self.half_open_max_wait = timeout
+            if self._state not in (_OPEN, _HALF_OPEN):
+                self._current_timeout = timeout  # no open period (or backoff) in progress
+            if sliding_window_size != self.sliding_window_size:
+                self.sliding_window_size = sliding_window_size
+                self._window = deque(
+                    self._window if sliding_window_size else (),
+                    maxlen=sliding_window_size or None,
+                )
+                self._window_enabled = sliding_window_size > 0
+
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Receive every :class:`BreakerTransition`; returns an unsubscribe function."""
         with self._lock:
@@ -497,6 +541,51 @@ def _safely(fn: Callable[[], None], event: BreakerTransition, log_event: str) ->
         log.exception(
             log_event, service=event.service, from_state=event.from_state, to_state=event.to_state
         )
+
+
+def _validate_settings(
+    *,
+    failure_threshold: int,
+    timeout: float,
+    half_open_max_calls: int,
+    success_threshold: int,
+    backoff_factor: float,
+    max_timeout: float,
+    sliding_window_size: int,
+    minimum_calls: int,
+    failure_rate_threshold: float,
+    slow_call_seconds: float | None,
+) -> None:
+    _require(failure_threshold >= 1, "failure_threshold", failure_threshold, ">= 1")
+    _require(timeout > 0, "timeout", timeout, "> 0")
+    _require(half_open_max_calls >= 1, "half_open_max_calls", half_open_max_calls, ">= 1")
+    _require(
+        1 <= success_threshold <= half_open_max_calls,
+        "success_threshold",
+        success_threshold,
+        f"between 1 and half_open_max_calls ({half_open_max_calls})",
+    )
+    _require(backoff_factor >= 1.0, "backoff_factor", backoff_factor, ">= 1.0")
+    _require(max_timeout >= timeout, "max_timeout", max_timeout, f">= timeout ({timeout})")
+    _require(sliding_window_size >= 0, "sliding_window_size", sliding_window_size, ">= 0")
+    _require(
+        1 <= minimum_calls <= (sliding_window_size or minimum_calls),
+        "minimum_calls",
+        minimum_calls,
+        f">= 1 and <= sliding_window_size ({sliding_window_size})",
+    )
+    _require(
+        0 < failure_rate_threshold <= 100,
+        "failure_rate_threshold",
+        failure_rate_threshold,
+        "in (0, 100]",
+    )
+    _require(
+        slow_call_seconds is None or slow_call_seconds > 0,
+        "slow_call_seconds",
+        slow_call_seconds,
+        "> 0",
+    )
 
 
 def _require(ok: bool, name: str, value: object, rule: str) -> None:

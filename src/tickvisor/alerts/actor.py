@@ -35,6 +35,7 @@ from tickvisor.logs import get_logger
 from tickvisor.messages import (
     BreakerTransition,
     ChannelDisabled,
+    ConfigRejected,
     DeliverNotifications,
     FlushAlerts,
     GetMetrics,
@@ -126,7 +127,7 @@ class AlertActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case BreakerTransition() | SupervisorEvent():
+            case BreakerTransition() | SupervisorEvent() | ConfigRejected():
                 alert = alert_from_event(message)
                 if alert is not None:
                     self._accept(alert, message.as_dict())

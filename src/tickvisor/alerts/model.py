@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tickvisor.alerts.notification import AlertLine, Severity
-from tickvisor.messages import BreakerTransition, SupervisorEvent
+from tickvisor.messages import BreakerTransition, ConfigRejected, SupervisorEvent
 
 #: Breaker target state -> severity; a close resolves what the open raised.
 BREAKER_SEVERITY: dict[str, Severity] = {
@@ -32,6 +32,11 @@ SUPERVISOR_SEVERITY: dict[str, Severity] = {
     "child.resumed": "info",
     "channel.disabled": "warning",
 }
+#: A rejected reload: nothing is broken yet (the old config runs on), but the
+#: file on disk would not start the process again, so someone must look.
+CONFIG_REJECTED_SEVERITY: Severity = "warning"
+#: Problems shown in the alert text; the log line and the events row keep them all.
+CONFIG_PROBLEMS_SHOWN = 3
 #: Breaker states in which something is wrong (an alert is "firing").
 FIRING_STATES = frozenset({"open", "forced_open", "half_open"})
 #: Keys an alert can be grouped by.
@@ -142,10 +147,28 @@ def alert_from_supervisor(event: SupervisorEvent) -> Alert:
     return Alert(line, event.child, supervisor=event.supervisor)
 
 
+def alert_from_config_rejected(event: ConfigRejected) -> Alert:
+    problems = event.error.splitlines() or ["invalid"]
+    shown = "; ".join(problems[:CONFIG_PROBLEMS_SHOWN])
+    text = f"config reload rejected, the running config stays: {shown}"
+    if len(problems) > CONFIG_PROBLEMS_SHOWN:
+        text += f" (and {len(problems) - CONFIG_PROBLEMS_SHOWN} more)"
+    line = AlertLine(
+        id=stable_id("config.rejected", event.file, event.error, event.at),
+        kind="config.rejected",
+        severity=CONFIG_REJECTED_SEVERITY,
+        at=event.at,
+        text=text,
+    )
+    return Alert(line, service=None, supervisor=None)
+
+
 def alert_from_event(event: object) -> Alert | None:
-    """The alert for a breaker or supervisor event; None for anything else."""
+    """The alert for a breaker, supervisor or config event; None for anything else."""
     if isinstance(event, BreakerTransition):
         return alert_from_breaker(event)
     if isinstance(event, SupervisorEvent):
         return alert_from_supervisor(event)
+    if isinstance(event, ConfigRejected):
+        return alert_from_config_rejected(event)
     return None

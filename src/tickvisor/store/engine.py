@@ -25,8 +25,6 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
-from tickvisor.store.schema import metadata
-
 #: An SQLite file in the working folder: ``tickvisor demo`` works with no set-up.
 DEFAULT_DB_URL = "sqlite:///tickvisor.db"
 
@@ -167,28 +165,18 @@ def check_connection(engine: Engine) -> None:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create any missing table; safe to run on every start and from racing processes.
+    """Create the schema on an empty database, or check it is the one this tickvisor needs.
 
-    ``create_all`` checks then creates, so two processes starting together can
-    both decide a table is missing and one of them fails with "already
-    exists". That failure is harmless: the table now exists and the next check
-    skips it. Each failed attempt therefore means one more schema object is in
-    place, so one attempt per table and index (plus the final clean one)
-    always suffices, however many processes race.
+    Safe from racing processes (they take turns under a lock). A database at an
+    older or unknown revision, or made before migrations, raises
+    :class:`tickvisor.store.migrate.SchemaMismatch` naming the command to run:
+    only ``tickvisor db upgrade`` changes an existing schema. See
+    :mod:`tickvisor.store.migrate`.
     """
-    attempts = 1 + sum(1 + len(table.indexes) for table in metadata.sorted_tables)
-    last: SQLAlchemyError | None = None
-    for _ in range(attempts):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-        except SQLAlchemyError as exc:
-            last = exc
-            continue
-        return
-    assert last is not None
-    raise DatabaseUnavailable(
-        safe_url(engine.url), f"could not create the schema: {_first_line(last, engine.url)}"
-    ) from last
+    # Imported here: migrate builds on this module (DatabaseUnavailable, safe_url).
+    from tickvisor.store import migrate
+
+    migrate.ensure_schema(engine)
 
 
 def is_database_fault(exc: BaseException) -> bool:
@@ -204,12 +192,22 @@ def is_database_fault(exc: BaseException) -> bool:
     )
 
 
-def open_database(url: str | URL | None = None) -> Engine:
-    """A connected engine with the schema in place: what every command starts with."""
+def open_database(url: str | URL | None = None, *, migrate: bool = True) -> Engine:
+    """A connected engine with the schema in place: what every command starts with.
+
+    ``migrate=False`` only checks the schema (raising
+    :class:`tickvisor.store.migrate.SchemaMismatch` unless it is at head, an
+    empty database included), for callers that must not write.
+    """
     engine = make_engine(url)
     try:
         check_connection(engine)
-        ensure_schema(engine)
+        if migrate:
+            ensure_schema(engine)
+        else:
+            from tickvisor.store.migrate import check_schema
+
+            check_schema(engine)
     except BaseException:
         engine.dispose()
         raise

@@ -24,6 +24,7 @@ from tickvisor.messages import (
     GetStatus,
     InvalidateCache,
     PauseChild,
+    ReconfigureChild,
     ResetBreaker,
     RestartChild,
     ResumeChild,
@@ -70,6 +71,17 @@ class Control:
         """Start a stopped child again."""
         parent, name = _split(path)
         return self._node(parent, StartChild(name))
+
+    def reconfigure(
+        self, path: str, config: object, *, restart: bool = False, reason: str = "config_reloaded"
+    ) -> dict[str, Any]:
+        """Give a child a new config, kept across its restarts; ``restart`` replaces it now.
+
+        Without ``restart`` the running instance takes over what it can
+        change live (:class:`~tickvisor.messages.ApplyConfig`).
+        """
+        parent, name = _split(path)
+        return self._node(parent, ReconfigureChild(name, config, restart, reason))
 
     def start_child(self, supervisor_path: str, spec: ChildSpec) -> dict[str, Any]:
         """Add a new child under a supervisor and start it (OTP's ``start_child``)."""

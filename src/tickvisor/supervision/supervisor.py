@@ -34,6 +34,7 @@ from tickvisor import telemetry
 from tickvisor.clock import Clock, Scheduler, Timer
 from tickvisor.logs import bind_context, get_logger
 from tickvisor.messages import (
+    ApplyConfig,
     BreakerTransition,
     ChildExited,
     CountChildren,
@@ -45,6 +46,7 @@ from tickvisor.messages import (
     Pause,
     PauseChild,
     Ping,
+    ReconfigureChild,
     RestartChild,
     Resume,
     ResumeChild,
@@ -62,6 +64,8 @@ from tickvisor.supervision.spec import BreakerPolicy, ChildSpec, RestartType
 from tickvisor.supervision.strategy import ONE_FOR_ONE, Strategy
 
 EventSink = Any  # anything with ``tell(event)``: an ActorRef or an EventBus
+#: Builds a child's spec from a new config (:class:`ReconfigureChild`): name, config -> spec.
+SpecBuilder = Callable[[str, object], ChildSpec]
 
 
 class ChildState(StrEnum):
@@ -149,6 +153,8 @@ class Supervisor(pykka.ThreadingActor):
     intensity is exceeded and no ``parent`` exists: the process entrypoint
     uses it to exit non-zero so systemd or Kubernetes restarts the process.
     ``events`` receives a :class:`SupervisorEvent` for every decision.
+    ``reconfigure`` builds a child's spec from a new config; without it the
+    supervisor refuses :class:`ReconfigureChild`.
     """
 
     use_daemon_thread = True
@@ -172,6 +178,7 @@ class Supervisor(pykka.ThreadingActor):
         events: EventSink | None = None,
         on_escalate: Callable[[str], None] | None = None,
         seed: int | None = None,
+        reconfigure: SpecBuilder | None = None,
     ) -> None:
         super().__init__()
         names = [spec.name for spec in specs]
@@ -195,6 +202,7 @@ class Supervisor(pykka.ThreadingActor):
         self.generation = generation
         self.events = events
         self.on_escalate = on_escalate
+        self.reconfigure = reconfigure
         self._listing = Listing(self.actor_urn)
         self._children = [_Child(spec, self._listing) for spec in specs]
         self._restarts = RestartLog(self.intensity)
@@ -299,6 +307,8 @@ class Supervisor(pykka.ThreadingActor):
                 return self._start_on_request(name, spec)
             case TerminateChild(child=name, reason=reason):
                 return self._terminate(self._named(name), reason)
+            case ReconfigureChild(child=name, config=config, restart=restart, reason=reason):
+                return self._reconfigure(self._named(name), config, restart=restart, reason=reason)
             case DeleteChild(child=name):
                 return self._delete(self._named(name))
             case _:
@@ -665,6 +675,49 @@ class Supervisor(pykka.ThreadingActor):
                 raise InvalidChildState(f"{self.path}/{name} is {child.state}, not stopped")
         if self._start(child):
             self.log.info("child.started", child=name, generation=child.generation)
+        return self._child_info(child)
+
+    def _reconfigure(
+        self, child: _Child, config: object, *, restart: bool, reason: str
+    ) -> dict[str, Any]:
+        """Adopt a child's new config: the spec first, so every later start uses it.
+
+        Then the running instance takes the live part over (:class:`ApplyConfig`,
+        queued behind whatever it is doing) or, with ``restart``, is replaced
+        now like an operator restart. A child that is stopped or waiting for
+        its backoff simply starts with the new spec when it next starts.
+        """
+        if self.reconfigure is None:
+            raise InvalidChildState(f"{self.path} cannot reconfigure its children")
+        spec = self.reconfigure(child.name, config)
+        if not isinstance(spec, ChildSpec) or spec.name != child.name:
+            raise ValueError(
+                f"reconfigure: expected a ChildSpec named {child.name!r}, got {spec!r}"
+            )
+        previous = child.spec.on_breaker_open
+        child.spec = spec
+        if (
+            spec.on_breaker_open is BreakerPolicy.IGNORE
+            and previous is not BreakerPolicy.IGNORE
+            and child.breaker_hold
+        ):
+            # Under "ignore" no breaker event lifts a hold any more: lift it now.
+            child.breaker_hold = False
+            self._sync_hold(child)
+            self._decided("child.resumed", child, "breaker_policy_ignore")
+        running = child.state in (ChildState.RUNNING, ChildState.PAUSED) and child.alive
+        self.log.info(
+            "child.reconfigured",
+            child=child.name,
+            generation=child.generation,
+            reason=reason,
+            restart=restart and running,
+        )
+        if running and restart:
+            return self._restart_on_request(child, reason)
+        if running and child.ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                child.ref.tell(ApplyConfig(config))
         return self._child_info(child)
 
     def _terminate(self, child: _Child, reason: str) -> dict[str, Any]:

@@ -14,6 +14,12 @@
 Services publish to an :class:`~tickvisor.eventbus.EventBus` and tell their
 supervisor; the alerts actor subscribes to the bus each time it starts, so a
 restarted alerts actor keeps receiving without anyone holding its old ref.
+
+A reloaded service config reaches the services supervisor as
+:class:`~tickvisor.messages.ReconfigureChild`; it rebuilds that child's spec
+here, and the newest config of every service is kept for the case where the
+services supervisor itself is restarted, so nothing comes back with the
+config the tree was first built from.
 """
 
 from __future__ import annotations
@@ -65,6 +71,27 @@ def enabled_services(config: TickvisorConfig) -> dict[str, ServiceConfig]:
         if service_config is not None and service_config.enabled:
             found[name] = service_config
     return found
+
+
+class LatestServiceConfigs:
+    """The newest config of each service, shared by the specs and the services supervisor.
+
+    Written by the services supervisor when it adopts a reloaded config, read
+    by the root when it (re)starts the services supervisor: two threads, so
+    a lock, held only for the dict operation.
+    """
+
+    def __init__(self, configs: dict[str, ServiceConfig]) -> None:
+        self._lock = threading.Lock()
+        self._configs = dict(configs)
+
+    def set(self, name: str, config: ServiceConfig) -> None:
+        with self._lock:
+            self._configs[name] = config
+
+    def items(self) -> list[tuple[str, ServiceConfig]]:
+        with self._lock:
+            return list(self._configs.items())
 
 
 def backoff_from_config(config: TickvisorConfig) -> Backoff:
@@ -131,8 +158,23 @@ def build_tree(
             hang_timeout=service_config.iteration_deadline_seconds,
         )
 
+    latest = LatestServiceConfigs(enabled_services(config))
+
+    def reconfigure_service(name: str, service_config: object) -> ChildSpec:
+        """The services supervisor's spec builder: a reloaded config becomes a new spec."""
+        actor_class = SERVICE_TYPES.get(name)
+        if actor_class is None:
+            raise ValueError(f"no service type named {name!r}")
+        if not isinstance(service_config, actor_class.config_type):
+            raise ValueError(
+                f"service {name!r} needs a {actor_class.config_type.__name__}, "
+                f"got {type(service_config).__name__}"
+            )
+        latest.set(name, service_config)
+        return service_spec(name, service_config)
+
     def start_services(parent: pykka.ActorRef[Any], generation: int) -> pykka.ActorRef[Any]:
-        specs = [service_spec(n, c) for n, c in enabled_services(config).items()]
+        specs = [service_spec(n, c) for n, c in latest.items()]
         return Supervisor.start(
             SERVICES,
             specs,
@@ -146,6 +188,7 @@ def build_tree(
             path=f"{ROOT}/{SERVICES}",
             generation=generation,
             events=bus,
+            reconfigure=reconfigure_service,
         )
 
     root_specs = [

@@ -1,0 +1,1 @@
+"""The revisions, one file each, oldest first; frozen once released."""
