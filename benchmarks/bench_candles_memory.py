@@ -211,7 +211,7 @@ def measure(command: list[str]) -> Measured:
 def tickvisor_command(url: str) -> list[str]:
     script = Path(sys.executable).with_name("tickvisor")
     prefix = [str(script)] if script.exists() else [sys.executable, "-m", "tickvisor.cli"]
-    return [*prefix, "aggregate", "--db", url]
+    return [*prefix, "aggregate", "--service", "candles", "--db", url]
 
 
 def run() -> Result:
