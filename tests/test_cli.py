@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -207,6 +208,24 @@ def test_demo_shows_the_breaker_cycle_in_pure_json(tmp_path: Path) -> None:
         if r["event"] == "service.iteration_failed" and r.get("error_type") != "InjectedFailure"
     ]
     assert not list(tmp_path.iterdir()), "the demo must not leave files in the working folder"
+
+
+def test_demo_moves_to_a_free_port_when_the_default_admin_port_is_taken(tmp_path: Path) -> None:
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+    except OSError:
+        holder.close()
+        pytest.skip("port 8787 is in use here already")
+    holder.listen()
+    try:
+        result = run("demo", "--seconds", "1", cwd=tmp_path, timeout=90)
+    finally:
+        holder.close()
+    assert result.returncode == 0, result.stderr
+    events = {r["event"]: r for r in json_lines(result.stdout)}
+    assert "admin.port_busy" in events
+    assert events["admin.started"]["port"] != 8787
 
 
 def test_aggregate_is_one_idempotent_pass(tmp_path: Path, db_url: str) -> None:

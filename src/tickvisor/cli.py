@@ -445,9 +445,16 @@ def _run_tree(
         alert_channels=config.alerts.channels(),
     )
     try:
-        admin = start_admin(
-            root, config, token=resolve_token(config, url), port=admin_port, engine=engine
-        )
+        token = resolve_token(config, url)
+        try:
+            admin = start_admin(root, config, token=token, port=admin_port, engine=engine)
+        except AdminStartError as exc:
+            if not demo or admin_port is not None:
+                raise
+            # A demo is a self-contained try-out: a busy default port is no
+            # reason to fail it. `run` keeps failing, so an operator notices.
+            log.warning("admin.port_busy", error=str(exc), fallback="any free port")
+            admin = start_admin(root, config, token=token, port=0, engine=engine)
     except (AdminStartError, AdminTokenError) as exc:
         log.error("admin.failed", error=str(exc))
         closing.set()
