@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 
 import numpy as np
 from sqlalchemy import Connection, Engine
@@ -80,19 +80,17 @@ class ImportSummary:
         return asdict(self)
 
 
-class TickFile:
-    """An open tick file whose header has been read and whose layout is settled.
+class LineFile:
+    """An open input file whose header has been read: what every import format streams from.
 
     Opening is separate from importing so that a command can refuse a bad
-    file or a bad ``--symbol`` before it touches (or creates) a database.
+    file (or a bad ``--symbol``) before it touches, or creates, a database.
     """
 
     def __init__(
         self,
         *,
         path: Path,
-        fmt: TickFormat,
-        layout: Layout,
         stream: BinaryIO,
         rest_of_head: bytes,
         first_line: int,
@@ -100,8 +98,6 @@ class TickFile:
         header_bytes: int,
     ) -> None:
         self.path = path
-        self.format = fmt
-        self.layout = layout
         self.size = size
         self.header_bytes = header_bytes
         self._stream = stream
@@ -118,7 +114,7 @@ class TickFile:
     def close(self) -> None:
         self._stream.close()
 
-    def __enter__(self) -> TickFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -128,6 +124,15 @@ class TickFile:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class TickFile(LineFile):
+    """An open tick file whose header has been read and whose layout is settled."""
+
+    def __init__(self, *, fmt: TickFormat, layout: Layout, **opened: Any) -> None:
+        super().__init__(**opened)
+        self.format = fmt
+        self.layout = layout
 
 
 def open_tick_file(path: str | Path, fmt: str, symbol: str | None = None) -> TickFile:

@@ -25,19 +25,18 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Engine, Table, func, literal_column, select
 
 from tickvisor.clock import Clock, RealClock, now_ms
 from tickvisor.ingest.formats import ImportArgumentError, TickFileError, _canonical
-from tickvisor.ingest.importer import ImportSummary, _connected, _database_error
-from tickvisor.ingest.reader import LineBatch, read_batches
+from tickvisor.ingest.importer import ImportSummary, LineFile, _connected, _database_error
+from tickvisor.ingest.reader import LineBatch
 from tickvisor.ingest.validate import (
     DETAIL_LIMIT,
     RAW_LIMIT,
@@ -326,53 +325,12 @@ RECORD_FORMATS: dict[str, RecordFormat] = {
 }
 
 
-class RecordFile:
-    """An open record file whose header (if its format has one) has been checked.
+class RecordFile(LineFile):
+    """An open record file whose header (if its format has one) has been checked."""
 
-    Opening is separate from importing, as for tick files, so that a command
-    can refuse a missing file or a wrong header before it touches (or
-    creates) a database.
-    """
-
-    def __init__(
-        self,
-        *,
-        path: Path,
-        fmt: RecordFormat,
-        stream: BinaryIO,
-        rest_of_head: bytes,
-        first_line: int,
-        size: int,
-        header_bytes: int,
-    ) -> None:
-        self.path = path
+    def __init__(self, *, fmt: RecordFormat, **opened: Any) -> None:
+        super().__init__(**opened)
         self.format = fmt
-        self.size = size
-        self.header_bytes = header_bytes
-        self._stream = stream
-        self._rest_of_head = rest_of_head
-        self._first_line = first_line
-
-    def batches(self, batch_lines: int) -> Iterator[LineBatch]:
-        """The data lines, ``batch_lines`` at a time; can be iterated once."""
-        try:
-            yield from read_batches(self._stream, batch_lines, self._first_line, self._rest_of_head)
-        except OSError as exc:
-            raise TickFileError(self.path, f"read failed: {exc.strerror or exc}") from None
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def __enter__(self) -> RecordFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_record_file(path: str | Path, fmt: str) -> RecordFile:
